@@ -1,0 +1,304 @@
+//! Process identity: pid + kernel start time + boot id, and pidfds.
+//!
+//! A pid alone does not name a process: once a process is reaped its pid can be handed to another one.
+//! The kernel's start time of a process (field 22 of `/proc/<pid>/stat`, in clock ticks since boot) and the
+//! boot id together do: no two processes of one boot share a pid and a start time. Every layer of corral
+//! that signals a process it did not just spawn checks a [`ProcessIdentity`] first, and then signals
+//! through a [`Pidfd`] opened *after* the check, so a pid reused between the check and the signal cannot
+//! be hit.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::OnceLock;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::signal::Signal;
+
+/// Who a pid is: enough to tell, later, whether the pid still names the same process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProcessIdentity {
+    /// The process id.
+    pub pid: u32,
+    /// The kernel's start time of the process, in clock ticks since boot.
+    pub start_ticks: u64,
+    /// The boot id (`/proc/sys/kernel/random/boot_id`) of the boot the process was started in.
+    pub boot_id: String,
+}
+
+/// What a pid names now, compared with a [`ProcessIdentity`] taken earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The same process, still running.
+    Alive,
+    /// The same process, but it has exited and waits to be reaped by its parent (a zombie).
+    Exited,
+    /// No process has that pid any more (or the machine rebooted since).
+    Gone,
+    /// The pid now belongs to another process: never signal it.
+    Reused,
+}
+
+impl Liveness {
+    /// True only for [`Liveness::Alive`].
+    pub fn is_alive(self) -> bool {
+        self == Liveness::Alive
+    }
+}
+
+/// Errors from reading process identity or using a pidfd.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// There is no process with this pid.
+    #[error("no process with pid {pid}")]
+    NoSuchProcess {
+        /// The pid looked up.
+        pid: u32,
+    },
+    /// The pid names another process than the identity recorded.
+    #[error("pid {pid} now belongs to another process (start time or boot differs)")]
+    Reused {
+        /// The pid looked up.
+        pid: u32,
+    },
+    /// `/proc` could not be read or parsed.
+    #[error("cannot read {path}: {source}")]
+    Proc {
+        /// The file that failed.
+        path: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A pidfd operation failed.
+    #[error("{op} on pid {pid} failed: {source}")]
+    Pidfd {
+        /// The operation (`pidfd_open`, `pidfd_send_signal`, ...).
+        op: &'static str,
+        /// The pid concerned.
+        pid: u32,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// The fields of `/proc/<pid>/stat` corral uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// State letter: `R`, `S`, `D`, `Z` (zombie), `T`, `X`, ...
+    pub state: char,
+    /// Parent pid.
+    pub ppid: u32,
+    /// Process group id.
+    pub pgrp: u32,
+    /// Session id.
+    pub session: u32,
+    /// Start time in clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    /// True for a zombie (exited, not reaped) or a dead task.
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parses the contents of a `/proc/<pid>/stat` file.
+///
+/// The command name (field 2) is in parentheses and may itself hold spaces and parentheses, so parsing
+/// starts after the *last* `)`.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    // After the name: 3 state, 4 ppid, 5 pgrp, 6 session, ..., 22 starttime.
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    let start_ticks = fields.nth(15)?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        ppid,
+        pgrp,
+        session,
+        start_ticks,
+    })
+}
+
+/// Reads `/proc/<pid>/stat`; `Ok(None)` when there is no such process.
+pub fn read_stat(pid: u32) -> Result<Option<ProcStat>, IdentityError> {
+    let path = format!("/proc/{pid}/stat");
+    match fs::read_to_string(&path) {
+        Ok(text) => parse_stat(&text).map(Some).ok_or_else(|| IdentityError::Proc {
+            path,
+            source: io::Error::new(io::ErrorKind::InvalidData, "unparsable stat line"),
+        }),
+        Err(err) if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        Err(source) => Err(IdentityError::Proc { path, source }),
+    }
+}
+
+/// The id of the running boot, read once per process.
+pub fn boot_id() -> Result<&'static str, IdentityError> {
+    static BOOT_ID: OnceLock<String> = OnceLock::new();
+    if let Some(id) = BOOT_ID.get() {
+        return Ok(id);
+    }
+    let path = "/proc/sys/kernel/random/boot_id";
+    let id = fs::read_to_string(path).map_err(|source| IdentityError::Proc {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(BOOT_ID.get_or_init(|| id.trim().to_owned()))
+}
+
+impl ProcessIdentity {
+    /// Takes the identity of the process that has `pid` now.
+    pub fn of(pid: u32) -> Result<Self, IdentityError> {
+        let stat = read_stat(pid)?.ok_or(IdentityError::NoSuchProcess { pid })?;
+        Ok(ProcessIdentity {
+            pid,
+            start_ticks: stat.start_ticks,
+            boot_id: boot_id()?.to_owned(),
+        })
+    }
+
+    /// Compares what `pid` names now with this identity.
+    pub fn check(&self) -> Result<Liveness, IdentityError> {
+        if self.boot_id != boot_id()? {
+            return Ok(Liveness::Gone);
+        }
+        Ok(match read_stat(self.pid)? {
+            None => Liveness::Gone,
+            Some(stat) if stat.start_ticks != self.start_ticks => Liveness::Reused,
+            Some(stat) if stat.is_dead() => Liveness::Exited,
+            Some(_) => Liveness::Alive,
+        })
+    }
+
+    /// Opens a pidfd on this process, verified to be the same process after it was opened.
+    ///
+    /// Once this returns, signals sent through the [`Pidfd`] reach this process or nobody: a later reuse
+    /// of the pid cannot redirect them.
+    pub fn open_pidfd(&self) -> Result<Pidfd, IdentityError> {
+        if self.boot_id != boot_id()? {
+            return Err(IdentityError::NoSuchProcess { pid: self.pid });
+        }
+        let pidfd = Pidfd::open(self.pid)?;
+        // The pidfd now pins whatever process had the pid at open time; make sure that is ours.
+        match self.check()? {
+            Liveness::Alive | Liveness::Exited => Ok(pidfd),
+            Liveness::Gone => Err(IdentityError::NoSuchProcess { pid: self.pid }),
+            Liveness::Reused => Err(IdentityError::Reused { pid: self.pid }),
+        }
+    }
+}
+
+/// A process file descriptor: a handle on one process that a pid reuse cannot redirect.
+#[derive(Debug)]
+pub struct Pidfd {
+    fd: OwnedFd,
+    pid: u32,
+}
+
+impl Pidfd {
+    /// Opens a pidfd on whatever process has `pid` now. Prefer [`ProcessIdentity::open_pidfd`], which
+    /// checks it is the right one.
+    pub fn open(pid: u32) -> Result<Self, IdentityError> {
+        let raw = rustix::process::Pid::from_raw(pid as i32).ok_or(IdentityError::NoSuchProcess { pid })?;
+        match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => Ok(Pidfd { fd, pid }),
+            Err(rustix::io::Errno::SRCH) => Err(IdentityError::NoSuchProcess { pid }),
+            Err(err) => Err(IdentityError::Pidfd {
+                op: "pidfd_open",
+                pid,
+                source: err.into(),
+            }),
+        }
+    }
+
+    /// The pid this pidfd was opened on.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `signal` to the process. `Ok(false)` when it has already exited.
+    pub fn send_signal(&self, signal: Signal) -> Result<bool, IdentityError> {
+        match rustix::process::pidfd_send_signal(&self.fd, signal.to_rustix()) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::SRCH) => Ok(false),
+            Err(err) => Err(IdentityError::Pidfd {
+                op: "pidfd_send_signal",
+                pid: self.pid,
+                source: err.into(),
+            }),
+        }
+    }
+
+    /// Waits, without polling, until the process has exited. Works for any process, child or not.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub async fn exited(&self) -> Result<(), IdentityError> {
+        let pidfd_err = |source: io::Error| IdentityError::Pidfd {
+            op: "poll",
+            pid: self.pid,
+            source,
+        };
+        // SAFETY: the fd is borrowed from `self`, so it stays open and the same for the whole life of
+        // `async_fd`, which is dropped before this function returns.
+        let async_fd = unsafe { AsyncFd::register_with_interest(self.fd.as_fd(), Interest::READABLE) }
+            .map_err(|err| pidfd_err(err.into()))?;
+        // A pidfd becomes readable once, when the process exits, and stays readable.
+        let guard = async_fd.readable().await.map_err(pidfd_err)?;
+        drop(guard);
+        Ok(())
+    }
+
+    /// True if the process has exited (never blocks).
+    pub fn has_exited(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::IN)];
+        matches!(rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())), Ok(n) if n > 0)
+    }
+
+    pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_hostile_name() {
+        let line = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 200 \
+                    18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let stat = parse_stat(line).expect("UNWRAP: valid line");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 1);
+        assert_eq!(stat.pgrp, 4242);
+        assert_eq!(stat.session, 4242);
+        assert_eq!(stat.start_ticks, 987654);
+        assert!(parse_stat("garbage").is_none());
+        assert!(parse_stat("1 (x) S 1").is_none());
+    }
+
+    #[test]
+    fn identity_of_self_is_alive_and_a_changed_start_is_reused() {
+        let me = ProcessIdentity::of(std::process::id()).expect("UNWRAP: own stat readable");
+        assert_eq!(me.check().expect("UNWRAP: readable"), Liveness::Alive);
+        let other = ProcessIdentity {
+            start_ticks: me.start_ticks + 1,
+            ..me.clone()
+        };
+        assert_eq!(other.check().expect("UNWRAP: readable"), Liveness::Reused);
+        assert!(matches!(other.open_pidfd(), Err(IdentityError::Reused { .. })));
+        let other_boot = ProcessIdentity {
+            boot_id: "not-this-boot".into(),
+            ..me
+        };
+        assert_eq!(other_boot.check().expect("UNWRAP: readable"), Liveness::Gone);
+    }
+}

@@ -1,0 +1,798 @@
+//! [`Process`]: a handle on one supervised process, and the task that supervises it.
+//!
+//! # Theory of operation
+//!
+//! [`Process::spawn`] starts the child in its own process group, opens a pidfd on it and starts one
+//! supervisor task (the *actor*) plus one pump task per captured stream. The actor alone reaps the child
+//! and sends stop signals; every method on the cloneable [`Process`] handle that changes something only
+//! queues a [`Control`] message to it, so a signal can never race the reaping of the pid it targets.
+//!
+//! The actor waits, without polling, for the pidfd to become readable (the leader exited), a control
+//! message, the timeout, or the escalation timer of a graceful stop. Once the leader has exited it is
+//! reaped, then any members left in its group are stopped (per [`Leftovers`]) and waited for, then the
+//! pumps are given [`Command::drain`] to reach end of file, and only then is the final state published:
+//! when [`Process::wait`] returns, nothing of the process is left running.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::command::{classify_spawn_error, Command, Leftovers};
+use crate::error::{ProcessError, SpawnError};
+use crate::event::{EventKind, EventSender, Events, ProcessEvent, ProcessId, Stream};
+use crate::group;
+use crate::identity::{Pidfd, ProcessIdentity};
+use crate::output::{Capture, LogWriter, Pump};
+use crate::reaper;
+use crate::signal::Signal;
+
+/// Events buffered per subscriber before a slow one starts to miss some.
+const EVENT_CAPACITY: usize = 1024;
+
+/// The coarse lifecycle of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Known but not started yet (used by layers above that queue work).
+    Pending,
+    /// Running.
+    Running,
+    /// A stop is under way: signalled, waiting for the group to exit.
+    Stopping,
+    /// Exited with code 0 by itself.
+    Completed,
+    /// Exited non-zero, was killed by a signal it was not sent by us, timed out, or failed to start.
+    Failed,
+    /// Stopped on request.
+    Interrupted,
+}
+
+impl Status {
+    /// Lower-case name, as used in APIs: `running`, `completed`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Stopping => "stopping",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
+        }
+    }
+
+    /// True for the three end states.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Interrupted)
+    }
+}
+
+/// How the leader process ended, as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(Signal),
+}
+
+impl Exit {
+    /// The exit code, if it exited.
+    pub fn code(self) -> Option<i32> {
+        match self {
+            Exit::Code(code) => Some(code),
+            Exit::Signal(_) => None,
+        }
+    }
+
+    /// The signal that killed it, if one did.
+    pub fn signal(self) -> Option<Signal> {
+        match self {
+            Exit::Signal(signal) => Some(signal),
+            Exit::Code(_) => None,
+        }
+    }
+}
+
+/// Why a process counts as failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// It exited with a non-zero code.
+    ExitCode(i32),
+    /// A signal that corral did not send as part of a stop killed it.
+    Signal(Signal),
+    /// Its timeout passed and it was stopped.
+    TimedOut,
+    /// Its exit status could not be read (someone else reaped it).
+    Unknown,
+}
+
+/// The verdict on a finished process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit code 0.
+    Completed,
+    /// See [`Failure`].
+    Failed(Failure),
+    /// Stopped on request ([`Process::shutdown`], [`Process::kill`]).
+    Interrupted,
+}
+
+/// Everything known about a process once it has ended and its group is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// The verdict.
+    pub outcome: Outcome,
+    /// How the leader ended (`None` only with [`Failure::Unknown`]).
+    pub exit: Option<Exit>,
+    /// When it was spawned.
+    pub started_at: SystemTime,
+    /// When its group was found gone.
+    pub ended_at: SystemTime,
+    /// From spawn to the end of the group.
+    pub duration: Duration,
+}
+
+impl Finished {
+    /// The status this outcome maps to.
+    pub fn status(&self) -> Status {
+        match self.outcome {
+            Outcome::Completed => Status::Completed,
+            Outcome::Failed(_) => Status::Failed,
+            Outcome::Interrupted => Status::Interrupted,
+        }
+    }
+
+    /// The leader's exit code, if it exited rather than being killed by a signal.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit.and_then(Exit::code)
+    }
+
+    /// The signal that killed the leader, if one did.
+    pub fn signal(&self) -> Option<Signal> {
+        self.exit.and_then(Exit::signal)
+    }
+
+    /// True for [`Outcome::Completed`].
+    pub fn is_success(&self) -> bool {
+        self.outcome == Outcome::Completed
+    }
+}
+
+/// Where a process is in its life. Each variant carries only what is true in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Running since `started_at`.
+    Running {
+        /// When it was spawned.
+        started_at: SystemTime,
+    },
+    /// Being stopped: signals sent, waiting for the group to exit.
+    Stopping {
+        /// When it was spawned.
+        started_at: SystemTime,
+    },
+    /// Ended; final.
+    Finished(Finished),
+}
+
+impl State {
+    /// The coarse status.
+    pub fn status(&self) -> Status {
+        match self {
+            State::Running { .. } => Status::Running,
+            State::Stopping { .. } => Status::Stopping,
+            State::Finished(finished) => finished.status(),
+        }
+    }
+}
+
+/// Captured output of one stream, as a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedOutput {
+    /// The newest bytes, at most the ring size.
+    pub bytes: Vec<u8>,
+    /// Bytes the process wrote that are no longer kept (the oldest ones).
+    pub dropped: u64,
+    /// Bytes the process wrote in all.
+    pub total: u64,
+}
+
+impl CapturedOutput {
+    /// True when some output was dropped to stay within the ring size.
+    pub fn is_truncated(&self) -> bool {
+        self.dropped > 0
+    }
+
+    /// The kept bytes as UTF-8, invalid sequences replaced.
+    pub fn to_string_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// A request to the actor.
+#[derive(Debug)]
+enum Control {
+    /// Send a signal to the leader, or to the whole group.
+    Signal {
+        signal: Signal,
+        group: bool,
+        reply: oneshot::Sender<Result<(), ProcessError>>,
+    },
+    /// Stop the whole group: `TERM`, then `KILL` after `grace` (at once when `grace` is zero).
+    Stop { grace: Duration },
+}
+
+/// What the handle shares with the actor.
+#[derive(Debug)]
+struct Shared {
+    id: ProcessId,
+    identity: ProcessIdentity,
+    pgid: u32,
+    argv: Vec<String>,
+    started_at: SystemTime,
+    state: watch::Receiver<State>,
+    control: mpsc::UnboundedSender<Control>,
+    stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
+    stdin_piped: bool,
+    stdout: Option<Arc<Capture>>,
+    stderr: Option<Arc<Capture>>,
+    /// Weak, so the channel closes (and subscribers see the end) once the actor and pumps are done.
+    events: broadcast::WeakSender<ProcessEvent>,
+}
+
+/// A cheap, cloneable handle on one supervised process. Dropping every handle does not stop the process:
+/// its supervisor task keeps running until the process ends.
+#[derive(Debug, Clone)]
+pub struct Process {
+    shared: Arc<Shared>,
+}
+
+impl Process {
+    pub(crate) fn spawn(command: Command) -> Result<Process, SpawnError> {
+        command.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SpawnError::NoRuntime);
+        }
+        let log = match &command.log {
+            Some(config) => Some(Arc::new(std::sync::Mutex::new(
+                LogWriter::open(config.clone()).map_err(|source| SpawnError::OpenFile {
+                    path: config.path.clone(),
+                    source,
+                })?,
+            ))),
+            None => None,
+        };
+        let (mut std_command, pipes) = command.to_std()?;
+        let child = {
+            // The orphan reaper (when enabled) must not mistake this child for an orphan before we track it.
+            let _spawning = reaper::spawn_guard();
+            let child = std_command.spawn().map_err(|err| classify_spawn_error(&command, err))?;
+            reaper::track(child.id());
+            child
+        };
+        // The std handle neither kills nor reaps on drop; the actor reaps through the pidfd.
+        let pid = child.id();
+        drop(child);
+        drop(std_command); // closes our copies of the child's ends of the pipes
+        let started_at = SystemTime::now();
+        let started_instant = Instant::now();
+
+        let pidfd = match Pidfd::open(pid) {
+            Ok(pidfd) => pidfd,
+            Err(err) => {
+                // Cannot happen for an unreaped child of ours, short of fd exhaustion: do not leak it.
+                let _ = group::signal_group(pid, Signal::KILL);
+                reap_blocking(pid);
+                return Err(SpawnError::Os {
+                    program: command.program_display(),
+                    source: std::io::Error::other(err.to_string()),
+                });
+            }
+        };
+        let identity = match ProcessIdentity::of(pid) {
+            Ok(identity) => identity,
+            Err(err) => {
+                let _ = pidfd.send_signal(Signal::KILL);
+                reap_blocking(pid);
+                return Err(SpawnError::Os {
+                    program: command.program_display(),
+                    source: std::io::Error::other(err.to_string()),
+                });
+            }
+        };
+
+        let id = command.id.clone().unwrap_or_else(ProcessId::random);
+        let (own_events, _) = broadcast::channel(EVENT_CAPACITY);
+        let events = EventSender {
+            id: id.clone(),
+            own: own_events.clone(),
+            shared: command.shared_events.clone(),
+        };
+        let mut pumps = Vec::new();
+        let mut start_pump = |stream: Stream, fd: Option<std::os::fd::OwnedFd>| {
+            fd.map(|fd| {
+                let capture = Capture::new(command.ring_size);
+                let pump = Pump {
+                    stream,
+                    fd,
+                    capture: capture.clone(),
+                    line_max: command.line_max,
+                    events: events.clone(),
+                    log: log.clone(),
+                };
+                pumps.push(tokio::spawn(pump.run()));
+                capture
+            })
+        };
+        let stdout = start_pump(Stream::Stdout, pipes.stdout);
+        let stderr = start_pump(Stream::Stderr, pipes.stderr);
+        let stdin_piped = pipes.stdin.is_some();
+        let stdin = pipes.stdin.and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
+
+        let (state_tx, state_rx) = watch::channel(State::Running { started_at });
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let argv = command.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let shared = Arc::new(Shared {
+            id,
+            identity,
+            pgid: pid,
+            argv,
+            started_at,
+            state: state_rx,
+            control: control_tx,
+            stdin: tokio::sync::Mutex::new(stdin),
+            stdin_piped,
+            stdout,
+            stderr,
+            events: own_events.downgrade(),
+        });
+        drop(own_events);
+        events.send(EventKind::Started {
+            pid,
+            pgid: pid,
+            at: started_at,
+        });
+        let actor = Actor {
+            pid,
+            pgid: pid,
+            pidfd: Some(pidfd),
+            started_at,
+            started_instant,
+            control: control_rx,
+            control_open: true,
+            state: state_tx,
+            events,
+            timeout: command.timeout,
+            grace: command.grace,
+            drain: command.drain,
+            leftovers: command.leftovers,
+            pumps,
+            stop: None,
+            kill_at: None,
+        };
+        tokio::spawn(actor.run());
+        Ok(Process { shared })
+    }
+
+    /// The process's id.
+    pub fn id(&self) -> &ProcessId {
+        &self.shared.id
+    }
+
+    /// The leader's pid.
+    pub fn pid(&self) -> u32 {
+        self.shared.identity.pid
+    }
+
+    /// The process group id (equal to the leader's pid).
+    pub fn pgid(&self) -> u32 {
+        self.shared.pgid
+    }
+
+    /// The leader's identity (pid, start ticks, boot id), to store and check later.
+    pub fn identity(&self) -> &ProcessIdentity {
+        &self.shared.identity
+    }
+
+    /// The argv it was started with (lossily converted to UTF-8).
+    pub fn argv(&self) -> &[String] {
+        &self.shared.argv
+    }
+
+    /// When it was spawned.
+    pub fn started_at(&self) -> SystemTime {
+        self.shared.started_at
+    }
+
+    /// Its current state.
+    pub fn state(&self) -> State {
+        self.shared.state.borrow().clone()
+    }
+
+    /// Its current status.
+    pub fn status(&self) -> Status {
+        self.shared.state.borrow().status()
+    }
+
+    /// True until it has finished (also while stopping).
+    pub fn is_running(&self) -> bool {
+        !self.status().is_finished()
+    }
+
+    /// The final state, once finished.
+    pub fn finished(&self) -> Option<Finished> {
+        match &*self.shared.state.borrow() {
+            State::Finished(finished) => Some(finished.clone()),
+            _ => None,
+        }
+    }
+
+    /// Waits until the process has ended, its group is gone and its output is read.
+    pub async fn wait(&self) -> Finished {
+        let mut state = self.shared.state.clone();
+        loop {
+            if let State::Finished(finished) = &*state.borrow_and_update() {
+                return finished.clone();
+            }
+            if state.changed().await.is_err() {
+                // The actor publishes the final state before it ends, so this is a panic in the actor.
+                return self.finished().unwrap_or_else(|| Finished {
+                    outcome: Outcome::Failed(Failure::Unknown),
+                    exit: None,
+                    started_at: self.shared.started_at,
+                    ended_at: SystemTime::now(),
+                    duration: self.shared.started_at.elapsed().unwrap_or_default(),
+                });
+            }
+        }
+    }
+
+    /// Subscribes to this process's events from now on. The subscription ends after the
+    /// [`EventKind::Exited`] event; subscribing after that gives an ended subscription.
+    pub fn subscribe(&self) -> Events {
+        match self.shared.events.upgrade() {
+            Some(sender) => Events::new(sender.subscribe()),
+            None => Events::ended(),
+        }
+    }
+
+    /// A snapshot of one stream's captured output; `None` when that stream is not captured.
+    pub fn output(&self, stream: Stream) -> Option<CapturedOutput> {
+        let capture = match stream {
+            Stream::Stdout => self.shared.stdout.as_ref(),
+            Stream::Stderr => self.shared.stderr.as_ref(),
+        }?;
+        Some(capture.with_ring(|ring| CapturedOutput {
+            bytes: ring.contents(),
+            dropped: ring.dropped(),
+            total: ring.total_written(),
+        }))
+    }
+
+    /// Bytes of one stream written at or after absolute offset `from`, and how many bytes from there on
+    /// were dropped: what a follower reads next. `None` when the stream is not captured.
+    pub fn output_since(&self, stream: Stream, from: u64) -> Option<(u64, Vec<u8>)> {
+        let capture = match stream {
+            Stream::Stdout => self.shared.stdout.as_ref(),
+            Stream::Stderr => self.shared.stderr.as_ref(),
+        }?;
+        Some(capture.with_ring(|ring| ring.since(from)))
+    }
+
+    /// Sends `signal` to the leader only, through its pidfd.
+    pub async fn signal(&self, signal: Signal) -> Result<(), ProcessError> {
+        self.send_signal(signal, false).await
+    }
+
+    /// Sends `signal` to every member of the process group.
+    pub async fn signal_group(&self, signal: Signal) -> Result<(), ProcessError> {
+        self.send_signal(signal, true).await
+    }
+
+    async fn send_signal(&self, signal: Signal, group: bool) -> Result<(), ProcessError> {
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .control
+            .send(Control::Signal { signal, group, reply })
+            .map_err(|_| ProcessError::NotRunning)?;
+        answer.await.map_err(|_| ProcessError::NotRunning)?
+    }
+
+    /// Asks for a graceful stop and returns at once: `TERM` to the group, `KILL` after `grace`.
+    /// Does nothing if the process has already finished.
+    pub fn start_shutdown(&self, grace: Duration) {
+        let _ = self.shared.control.send(Control::Stop { grace });
+    }
+
+    /// Stops the whole group gracefully (`TERM`, then `KILL` after `grace`) and returns once no member
+    /// is left, also when the leader exits at once and leaves children behind.
+    pub async fn shutdown(&self, grace: Duration) -> Finished {
+        self.start_shutdown(grace);
+        self.wait().await
+    }
+
+    /// Sends `KILL` to the whole group and returns once no member is left.
+    pub async fn kill(&self) -> Finished {
+        self.shutdown(Duration::ZERO).await
+    }
+
+    /// Writes `data` to the child's stdin.
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<(), ProcessError> {
+        if !self.shared.stdin_piped {
+            return Err(ProcessError::StdinNotPiped);
+        }
+        let mut stdin = self.shared.stdin.lock().await;
+        let sender = stdin.as_mut().ok_or(ProcessError::StdinClosed)?;
+        match sender.write_all(data).await {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                *stdin = None;
+                Err(ProcessError::StdinClosed)
+            }
+            Err(source) => Err(ProcessError::Io {
+                op: "write to stdin",
+                source,
+            }),
+        }
+    }
+
+    /// Closes the child's stdin, so it reads end of file. Closing twice is not an error.
+    pub async fn close_stdin(&self) -> Result<(), ProcessError> {
+        if !self.shared.stdin_piped {
+            return Err(ProcessError::StdinNotPiped);
+        }
+        self.shared.stdin.lock().await.take();
+        Ok(())
+    }
+}
+
+/// Reaps `pid` synchronously; for error paths right after spawn only.
+fn reap_blocking(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    }
+    reaper::untrack(pid);
+}
+
+/// Why a stop was started; decides the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Requested,
+    TimedOut,
+    /// Cleaning up members left behind by a leader that exited by itself.
+    Leftovers,
+}
+
+/// The supervisor task of one process: the only code that reaps it or signals its group.
+struct Actor {
+    pid: u32,
+    pgid: u32,
+    /// Taken (closed) once the leader is reaped, so no fd outlives `wait`.
+    pidfd: Option<Pidfd>,
+    started_at: SystemTime,
+    started_instant: Instant,
+    control: mpsc::UnboundedReceiver<Control>,
+    control_open: bool,
+    state: watch::Sender<State>,
+    events: EventSender,
+    timeout: Option<Duration>,
+    grace: Duration,
+    drain: Duration,
+    leftovers: Leftovers,
+    pumps: Vec<JoinHandle<()>>,
+    stop: Option<StopReason>,
+    kill_at: Option<tokio::time::Instant>,
+}
+
+/// Resolves when the process behind `pidfd` has exited (at once without a pidfd).
+async fn pidfd_exited(pidfd: Option<&Pidfd>) -> Result<(), crate::identity::IdentityError> {
+    match pidfd {
+        Some(pidfd) => pidfd.exited().await,
+        None => Ok(()),
+    }
+}
+
+/// A deadline far enough away to mean "never" for `sleep_until`.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let exit = self.wait_for_leader().await;
+        self.pidfd = None;
+        self.clean_up_group().await;
+        reaper::untrack(self.pid);
+        self.drain_output().await;
+        let ended_at = SystemTime::now();
+        let outcome = match (self.stop, exit) {
+            (Some(StopReason::Requested), _) => Outcome::Interrupted,
+            (Some(StopReason::TimedOut), _) => Outcome::Failed(Failure::TimedOut),
+            (_, None) => Outcome::Failed(Failure::Unknown),
+            (_, Some(Exit::Code(0))) => Outcome::Completed,
+            (_, Some(Exit::Code(code))) => Outcome::Failed(Failure::ExitCode(code)),
+            (_, Some(Exit::Signal(signal))) => Outcome::Failed(Failure::Signal(signal)),
+        };
+        let finished = Finished {
+            outcome,
+            exit,
+            started_at: self.started_at,
+            ended_at,
+            duration: self.started_instant.elapsed(),
+        };
+        self.state.send_replace(State::Finished(finished.clone()));
+        self.events.send(EventKind::Exited(finished));
+    }
+
+    /// Phase 1: the leader runs. Ends with the leader reaped and its exit status.
+    async fn wait_for_leader(&mut self) -> Option<Exit> {
+        let timeout_at = self
+            .timeout
+            .map(|t| tokio::time::Instant::from_std(self.started_instant + t));
+        loop {
+            let kill_at = self.kill_at;
+            let timeout_armed = timeout_at.filter(|_| self.stop.is_none());
+            tokio::select! {
+                biased;
+                exited = pidfd_exited(self.pidfd.as_ref()) => {
+                    if let Err(err) = exited {
+                        tracing::error!(pid = self.pid, error = %err, "cannot watch process; reaping it blocking");
+                    }
+                    return self.reap_leader();
+                }
+                control = self.control.recv(), if self.control_open => match control {
+                    Some(control) => self.handle(control, true),
+                    None => self.control_open = false,
+                },
+                _ = tokio::time::sleep_until(timeout_armed.unwrap_or_else(far_future)), if timeout_armed.is_some() => {
+                    self.begin_stop(StopReason::TimedOut, self.grace);
+                }
+                _ = tokio::time::sleep_until(kill_at.unwrap_or_else(far_future)), if kill_at.is_some() => {
+                    self.kill_at = None;
+                    self.signal_group(Signal::KILL);
+                }
+            }
+        }
+    }
+
+    /// Reaps the leader; it has exited, so this does not block.
+    fn reap_leader(&mut self) -> Option<Exit> {
+        use rustix::process::{waitid, WaitId, WaitIdOptions};
+        let pidfd = self.pidfd.as_ref()?;
+        loop {
+            match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+                Ok(Some(status)) => {
+                    if let Some(code) = status.exit_status() {
+                        return Some(Exit::Code(code));
+                    }
+                    return status
+                        .terminating_signal()
+                        .and_then(Signal::from_number)
+                        .map(Exit::Signal);
+                }
+                Ok(None) => continue,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(err) => {
+                    tracing::warn!(pid = self.pid, error = %err, "exit status lost (was the child reaped elsewhere?)");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Phase 2: the leader is gone; wait until no live member of its group is left, stopping them first
+    /// if a stop is under way or the leftovers policy says so.
+    async fn clean_up_group(&mut self) {
+        let has_members = |pgid| group::group_has_live_members(pgid).unwrap_or(false);
+        if !has_members(self.pgid) {
+            return;
+        }
+        if self.stop.is_none() {
+            if self.leftovers == Leftovers::Leave {
+                return;
+            }
+            self.begin_stop(StopReason::Leftovers, self.grace);
+        }
+        let mut delay = Duration::from_millis(1);
+        loop {
+            let kill_at = self.kill_at;
+            tokio::select! {
+                biased;
+                control = self.control.recv(), if self.control_open => match control {
+                    Some(control) => self.handle(control, false),
+                    None => self.control_open = false,
+                },
+                _ = tokio::time::sleep_until(kill_at.unwrap_or_else(far_future)), if kill_at.is_some() => {
+                    self.kill_at = None;
+                    self.signal_group(Signal::KILL);
+                }
+                // No notification exists for the exit of a non-child; poll, backing off, only while stopping.
+                _ = tokio::time::sleep(delay) => {
+                    if !has_members(self.pgid) {
+                        return;
+                    }
+                    delay = (delay * 2).min(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Phase 3: let the pumps read what is left in the pipes, for at most `drain`.
+    async fn drain_output(&mut self) {
+        let pumps = std::mem::take(&mut self.pumps);
+        let aborts: Vec<_> = pumps.iter().map(|p| p.abort_handle()).collect();
+        let all = async {
+            for pump in pumps {
+                let _ = pump.await;
+            }
+        };
+        if tokio::time::timeout(self.drain, all).await.is_err() {
+            tracing::debug!(pid = self.pid, "output still open after the group ended; closing it");
+            for abort in aborts {
+                abort.abort();
+            }
+        }
+    }
+
+    fn handle(&mut self, control: Control, leader_alive: bool) {
+        match control {
+            Control::Signal { signal, group, reply } => {
+                let result = if group {
+                    group::signal_group(self.pgid, signal)
+                        .map(drop)
+                        .map_err(ProcessError::Signal)
+                } else if let Some(pidfd) = self.pidfd.as_ref().filter(|_| leader_alive) {
+                    pidfd.send_signal(signal).map(drop).map_err(ProcessError::from)
+                } else {
+                    Err(ProcessError::NotRunning)
+                };
+                let _ = reply.send(result);
+            }
+            Control::Stop { grace } => match self.stop {
+                Some(StopReason::Requested) | Some(StopReason::TimedOut) => {
+                    // Already stopping: a shorter grace may bring the KILL forward.
+                    let sooner = tokio::time::Instant::now() + grace;
+                    if self.kill_at.is_some_and(|at| sooner < at) {
+                        if grace.is_zero() {
+                            self.kill_at = None;
+                            self.signal_group(Signal::KILL);
+                        } else {
+                            self.kill_at = Some(sooner);
+                        }
+                    }
+                }
+                Some(StopReason::Leftovers) | None => {
+                    self.stop = None;
+                    self.begin_stop(StopReason::Requested, grace);
+                }
+            },
+        }
+    }
+
+    fn begin_stop(&mut self, reason: StopReason, grace: Duration) {
+        self.stop = Some(reason);
+        self.state.send_replace(State::Stopping {
+            started_at: self.started_at,
+        });
+        if grace.is_zero() {
+            self.kill_at = None;
+            self.signal_group(Signal::KILL);
+        } else {
+            self.signal_group(Signal::TERM);
+            // The leader may have stopped TERM from reaching others (or ignore it); KILL follows.
+            self.signal_group(Signal::CONT);
+            self.kill_at = Some(tokio::time::Instant::now() + grace);
+        }
+    }
+
+    fn signal_group(&self, signal: Signal) {
+        match group::signal_group(self.pgid, signal) {
+            Ok(true) if signal != Signal::CONT => self.events.send(EventKind::Signaled { signal }),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(pgid = self.pgid, %signal, error = %err, "cannot signal process group"),
+        }
+    }
+}

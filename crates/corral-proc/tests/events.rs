@@ -1,0 +1,76 @@
+//! Events: order, and slow subscribers that lag without blocking anyone.
+
+use std::time::Duration;
+
+use corral_proc::{Command, EventKind, Received, Registry, Stream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_output_exited_in_order() {
+    let registry = Registry::new();
+    let mut events = registry.subscribe();
+    let process = registry
+        .spawn(Command::new(["sh", "-c", "echo one; echo two"]))
+        .expect("UNWRAP: spawn");
+    let mut kinds = Vec::new();
+    let mut lines = Vec::new();
+    while let Some(Received::Event(event)) = events.recv().await {
+        assert_eq!(&event.id, process.id());
+        match event.kind {
+            EventKind::Started { pid, .. } => {
+                assert_eq!(pid, process.pid());
+                kinds.push("started");
+            }
+            EventKind::Output { stream, lines: batch } => {
+                assert_eq!(stream, Stream::Stdout);
+                lines.extend(batch.iter().map(|l| l.to_string_lossy()));
+            }
+            EventKind::Signaled { .. } => kinds.push("signaled"),
+            EventKind::Exited(finished) => {
+                assert!(finished.is_success());
+                kinds.push("exited");
+                break;
+            }
+        }
+    }
+    assert_eq!(kinds, ["started", "exited"]);
+    assert_eq!(lines, ["one", "two"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_misses_events_but_blocks_nobody() {
+    // Room for two events per subscriber; the process makes at least three (started, output, exited).
+    let registry = Registry::with_event_capacity(2);
+    let mut slow = registry.subscribe();
+    let process = registry
+        .spawn(Command::new([
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 2000 ]; do echo line$i; i=$((i+1)); done",
+        ]))
+        .expect("UNWRAP: spawn");
+    // The slow subscriber reads nothing until the process is done: the process must finish anyway.
+    let finished = tokio::time::timeout(Duration::from_secs(120), process.wait())
+        .await
+        .expect("UNWRAP: not blocked");
+    assert!(finished.is_success());
+    let out = process.output(Stream::Stdout).expect("UNWRAP: captured");
+    assert!(
+        out.to_string_lossy().ends_with("line1999\n"),
+        "capture is complete whatever subscribers do"
+    );
+    let mut missed = 0;
+    let mut exited = false;
+    while let Some(received) = slow.recv().await {
+        match received {
+            Received::Missed(n) => missed += n,
+            Received::Event(event) => {
+                if let EventKind::Exited(_) = event.kind {
+                    exited = true;
+                    break;
+                }
+            }
+        }
+    }
+    assert!(missed >= 1, "the slow subscriber is told it missed events");
+    assert!(exited, "and reading goes on after the gap, up to the newest events");
+}
