@@ -211,6 +211,11 @@ impl Pidfd {
         match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
             Ok(fd) => Ok(Pidfd { fd, pid }),
             Err(rustix::io::Errno::SRCH) => Err(IdentityError::NoSuchProcess { pid }),
+            Err(rustix::io::Errno::NOSYS) => Err(IdentityError::Pidfd {
+                op: "pidfd_open (needs Linux 5.3 or newer)",
+                pid,
+                source: rustix::io::Errno::NOSYS.into(),
+            }),
             Err(err) => Err(IdentityError::Pidfd {
                 op: "pidfd_open",
                 pid,
@@ -239,21 +244,31 @@ impl Pidfd {
 
     /// Waits, without polling, until the process has exited. Works for any process, child or not.
     ///
-    /// Must be called inside a tokio runtime.
-    pub async fn exited(&self) -> Result<(), IdentityError> {
-        let pidfd_err = |source: io::Error| IdentityError::Pidfd {
-            op: "poll",
-            pid: self.pid,
-            source,
-        };
+    /// Must be called inside a tokio runtime. Should the fd not be registrable with the runtime (fd
+    /// limits), it falls back to checking every 50 ms rather than failing.
+    pub async fn exited(&self) {
         // SAFETY: the fd is borrowed from `self`, so it stays open and the same for the whole life of
         // `async_fd`, which is dropped before this function returns.
-        let async_fd = unsafe { AsyncFd::register_with_interest(self.fd.as_fd(), Interest::READABLE) }
-            .map_err(|err| pidfd_err(err.into()))?;
-        // A pidfd becomes readable once, when the process exits, and stays readable.
-        let guard = async_fd.readable().await.map_err(pidfd_err)?;
-        drop(guard);
-        Ok(())
+        match unsafe { AsyncFd::register_with_interest(self.fd.as_fd(), Interest::READABLE) } {
+            // A pidfd becomes readable once, when the process exits, and stays readable.
+            Ok(async_fd) => match async_fd.readable().await {
+                Ok(guard) => drop(guard),
+                Err(err) => {
+                    tracing::warn!(pid = self.pid, error = %err, "cannot poll pidfd; checking periodically");
+                    self.poll_exited().await;
+                }
+            },
+            Err(err) => {
+                tracing::warn!(pid = self.pid, error = %err.into_parts().1, "cannot register pidfd; checking periodically");
+                self.poll_exited().await;
+            }
+        }
+    }
+
+    async fn poll_exited(&self) {
+        while !self.has_exited() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// True if the process has exited (never blocks).

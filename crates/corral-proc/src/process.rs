@@ -588,10 +588,9 @@ struct Actor {
 }
 
 /// Resolves when the process behind `pidfd` has exited (at once without a pidfd).
-async fn pidfd_exited(pidfd: Option<&Pidfd>) -> Result<(), crate::identity::IdentityError> {
-    match pidfd {
-        Some(pidfd) => pidfd.exited().await,
-        None => Ok(()),
+async fn pidfd_exited(pidfd: Option<&Pidfd>) {
+    if let Some(pidfd) = pidfd {
+        pidfd.exited().await;
     }
 }
 
@@ -637,12 +636,7 @@ impl Actor {
             let timeout_armed = timeout_at.filter(|_| self.stop.is_none());
             tokio::select! {
                 biased;
-                exited = pidfd_exited(self.pidfd.as_ref()) => {
-                    if let Err(err) = exited {
-                        tracing::error!(pid = self.pid, error = %err, "cannot watch process; reaping it blocking");
-                    }
-                    return self.reap_leader();
-                }
+                _ = pidfd_exited(self.pidfd.as_ref()) => return self.reap_leader(),
                 control = self.control.recv(), if self.control_open => match control {
                     Some(control) => self.handle(control, true),
                     None => self.control_open = false,
