@@ -1,0 +1,578 @@
+//! Managed processes with durable records: the daemon's process table.
+//!
+//! [`ProcessManager`] joins corral-proc (the running process) and the [`Store`] (its record). The record is
+//! written *before* the process is reported started, and its terminal state is written exactly once, by
+//! the one watcher task of that process (the store's `finish_process` is a compare-and-set, so a racing
+//! writer changes nothing).
+//!
+//! After a daemon restart, [`ProcessManager::reconcile`] checks every record left live: a process that is
+//! still the same one (pid + start ticks + boot id) is *recovered* (watched through a pidfd, stoppable,
+//! never signalled by pid alone); any other record becomes `stale`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_proc::{
+    CapturedOutput, Command, Events, Failure, Finished, Liveness, Outcome, Process, ProcessIdentity, Signal, StdinMode,
+    Stream,
+};
+use corral_store::{ProcessEnd, ProcessFilter, ProcessRecord, ProcessStart, ProcessState, Store, StoreError};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::events::{now_ms, to_ms, EventBus};
+use crate::redact::redact_argv;
+
+/// Default grace between `TERM` and `KILL`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// What to start.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    /// argv: the program, then its arguments. Never run through a shell.
+    pub command: Vec<String>,
+    /// Working directory.
+    pub dir: Option<PathBuf>,
+    /// Environment variables to set.
+    pub env: BTreeMap<String, String>,
+    /// Owner labels.
+    pub labels: BTreeMap<String, String>,
+    /// Who started it: `adhoc`, `exec`, `task`, `pipeline`, `service`, `hook`.
+    pub source: String,
+    /// Wall-clock limit.
+    pub timeout: Option<Duration>,
+    /// Grace between `TERM` and `KILL` for stops and timeouts.
+    pub grace: Option<Duration>,
+    /// Pipe stdin (to write with [`ProcessManager::write_stdin`]); otherwise `/dev/null`.
+    pub stdin: bool,
+    /// Use this id instead of a new UUID.
+    pub id: Option<String>,
+}
+
+/// Errors of the process table.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessesError {
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// No process with that id.
+    #[error("no process with id {0}")]
+    NotFound(String),
+    /// The process has already finished.
+    #[error("process {0} is not running")]
+    NotRunning(String),
+    /// The process could not be started; its record says why.
+    #[error("{error}")]
+    Spawn {
+        /// The failed record.
+        record: Box<ProcessRecord>,
+        /// Why.
+        error: String,
+    },
+    /// The operation is not possible for this process (e.g. stdin of a recovered process).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// An OS-level failure on the process.
+    #[error("{0}")]
+    Os(String),
+}
+
+/// A process this daemon runs (child) or found still running after a restart (recovered).
+#[derive(Clone)]
+enum Handle {
+    Live {
+        process: Process,
+        recorded: watch::Receiver<bool>,
+    },
+    Recovered {
+        identity: ProcessIdentity,
+        pgid: u32,
+        recorded: watch::Receiver<bool>,
+    },
+}
+
+impl Handle {
+    fn recorded(&self) -> watch::Receiver<bool> {
+        match self {
+            Handle::Live { recorded, .. } | Handle::Recovered { recorded, .. } => recorded.clone(),
+        }
+    }
+}
+
+/// Counts from [`ProcessManager::reconcile`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Records whose process is still the same one, now watched again.
+    pub recovered: usize,
+    /// Records whose process is gone or whose pid now names another process.
+    pub stale: usize,
+}
+
+/// The daemon's process table. Cheap to clone.
+#[derive(Clone)]
+pub struct ProcessManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    bus: EventBus,
+    handles: Mutex<HashMap<String, Handle>>,
+}
+
+impl ProcessManager {
+    /// A manager over `store`, publishing on `bus`.
+    pub fn new(store: Arc<dyn Store>, bus: EventBus) -> Self {
+        ProcessManager {
+            inner: Arc::new(Inner {
+                store,
+                bus,
+                handles: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
+        self.inner.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handle(&self, id: &str) -> Option<Handle> {
+        self.handles().get(id).cloned()
+    }
+
+    /// The store behind this manager.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Records and starts a process. The record exists (state `pending`) before the spawn, and is
+    /// `running` with pid and identity when this returns.
+    pub fn start(&self, request: StartRequest) -> Result<ProcessRecord, ProcessesError> {
+        if request.command.is_empty() || request.command[0].is_empty() {
+            return Err(ProcessesError::Invalid("command must be a non-empty argv array".into()));
+        }
+        let id = request.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let record = ProcessRecord {
+            id: id.clone(),
+            source: if request.source.is_empty() {
+                "adhoc".into()
+            } else {
+                request.source.clone()
+            },
+            labels: request.labels.clone(),
+            pid: None,
+            pgid: None,
+            start_ticks: None,
+            boot_id: None,
+            command: redact_argv(&request.command),
+            dir: request.dir.as_ref().map(|d| d.display().to_string()),
+            state: ProcessState::Pending,
+            exit_code: None,
+            signal: None,
+            error: None,
+            created_at: now_ms(),
+            started_at: None,
+            ended_at: None,
+        };
+        self.inner.store.insert_process(&record)?;
+
+        let mut command = Command::new(&request.command).id(id.clone());
+        if let Some(dir) = &request.dir {
+            command = command.dir(dir);
+        }
+        for (name, value) in &request.env {
+            command = command.env(name, value);
+        }
+        if request.stdin {
+            command = command.stdin(StdinMode::Piped);
+        }
+        if let Some(timeout) = request.timeout {
+            command = command.timeout(timeout);
+        }
+        command = command.grace(request.grace.unwrap_or(DEFAULT_GRACE));
+        let process = match command.spawn() {
+            Ok(process) => process,
+            Err(err) => {
+                let error = format!("failed to start: {err}");
+                let end = ProcessEnd {
+                    state: ProcessState::Failed,
+                    exit_code: None,
+                    signal: None,
+                    error: Some(error.clone()),
+                    ended_at: now_ms(),
+                };
+                self.inner.store.finish_process(&id, &end)?;
+                let record = self.inner.store.get_process(&id)?.unwrap_or(record);
+                self.inner.bus.publish("process.exited", record_json(&record));
+                return Err(ProcessesError::Spawn {
+                    record: Box::new(record),
+                    error,
+                });
+            }
+        };
+        let identity = process.identity().clone();
+        let start = ProcessStart {
+            pid: identity.pid,
+            pgid: process.pgid(),
+            start_ticks: Some(identity.start_ticks),
+            boot_id: Some(identity.boot_id.clone()),
+            started_at: to_ms(process.started_at()),
+        };
+        self.inner.store.mark_process_started(&id, &start)?;
+        let (recorded_tx, recorded_rx) = watch::channel(false);
+        self.handles().insert(
+            id.clone(),
+            Handle::Live {
+                process: process.clone(),
+                recorded: recorded_rx,
+            },
+        );
+        let record = self
+            .inner
+            .store
+            .get_process(&id)?
+            .ok_or_else(|| ProcessesError::NotFound(id.clone()))?;
+        self.inner.bus.publish("process.started", record_json(&record));
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let finished = process.wait().await;
+            manager.record_end(&id, end_of(&finished), finished.signal() == Some(Signal::KILL));
+            let _ = recorded_tx.send(true);
+        });
+        Ok(record)
+    }
+
+    /// Writes the terminal state (once) and publishes `process.exited` (and `process.killed`).
+    fn record_end(&self, id: &str, end: ProcessEnd, killed: bool) {
+        match self.inner.store.finish_process(id, &end) {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(process = id, "terminal state already written"),
+            Err(err) => tracing::error!(process = id, error = %err, "cannot record the end of a process"),
+        }
+        if let Ok(Some(record)) = self.inner.store.get_process(id) {
+            if killed {
+                self.inner
+                    .bus
+                    .publish("process.killed", json!({"id": id, "signal": "KILL"}));
+            }
+            self.inner.bus.publish("process.exited", record_json(&record));
+        }
+    }
+
+    /// One record.
+    pub fn get(&self, id: &str) -> Result<ProcessRecord, ProcessesError> {
+        self.inner
+            .store
+            .get_process(id)?
+            .ok_or_else(|| ProcessesError::NotFound(id.to_owned()))
+    }
+
+    /// Records matching `filter`, newest first.
+    pub fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>, ProcessesError> {
+        Ok(self.inner.store.list_processes(filter)?)
+    }
+
+    /// Sends `signal` to the process (the leader) — through its pidfd, never by pid alone.
+    pub async fn signal(&self, id: &str, signal: Signal) -> Result<(), ProcessesError> {
+        match self.live_handle(id)? {
+            Handle::Live { process, .. } => process.signal(signal).await.map_err(|err| match err {
+                corral_proc::ProcessError::NotRunning => ProcessesError::NotRunning(id.to_owned()),
+                other => ProcessesError::Os(other.to_string()),
+            }),
+            Handle::Recovered { identity, .. } => {
+                let pidfd = identity
+                    .open_pidfd()
+                    .map_err(|_| ProcessesError::NotRunning(id.to_owned()))?;
+                match pidfd.send_signal(signal) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(ProcessesError::NotRunning(id.to_owned())),
+                    Err(err) => Err(ProcessesError::Os(err.to_string())),
+                }
+            }
+        }
+    }
+
+    fn live_handle(&self, id: &str) -> Result<Handle, ProcessesError> {
+        match self.handle(id) {
+            Some(handle) if !*handle.recorded().borrow() => Ok(handle),
+            Some(_) => Err(ProcessesError::NotRunning(id.to_owned())),
+            None => {
+                self.get(id)?;
+                Err(ProcessesError::NotRunning(id.to_owned()))
+            }
+        }
+    }
+
+    /// Stops the whole process group (`TERM`, `grace`, `KILL`) and returns the final record once no
+    /// member of the group is left.
+    pub async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<ProcessRecord, ProcessesError> {
+        let handle = self.live_handle(id)?;
+        self.inner
+            .store
+            .transition_process(id, &[ProcessState::Running], ProcessState::Interrupting)?;
+        let grace = grace.unwrap_or(DEFAULT_GRACE);
+        match &handle {
+            Handle::Live { process, .. } => process.start_shutdown(grace),
+            Handle::Recovered { identity, pgid, .. } => {
+                let (identity, pgid) = (identity.clone(), *pgid);
+                tokio::spawn(async move { stop_recovered(&identity, pgid, grace).await });
+            }
+        }
+        let mut recorded = handle.recorded();
+        let _ = recorded.wait_for(|done| *done).await;
+        self.get(id)
+    }
+
+    /// Writes to the process's stdin (it must have been started with `stdin: true`).
+    pub async fn write_stdin(&self, id: &str, data: &[u8], close: bool) -> Result<(), ProcessesError> {
+        let Handle::Live { process, .. } = self.live_handle(id)? else {
+            return Err(ProcessesError::Unsupported(
+                "stdin of a process recovered after a restart is gone".into(),
+            ));
+        };
+        let map = |err: corral_proc::ProcessError| match err {
+            corral_proc::ProcessError::StdinNotPiped => {
+                ProcessesError::Invalid("stdin is not a pipe for this process (start it with \"stdin\": true)".into())
+            }
+            corral_proc::ProcessError::StdinClosed => ProcessesError::Invalid("stdin is closed".into()),
+            other => ProcessesError::Os(other.to_string()),
+        };
+        if !data.is_empty() {
+            process.write_stdin(data).await.map_err(map)?;
+        }
+        if close {
+            process.close_stdin().await.map_err(map)?;
+        }
+        Ok(())
+    }
+
+    /// Captured output of a process this daemon started: `(stdout, stderr)`. `None` for an unknown id or
+    /// a process recovered after a restart (its output was not captured by this daemon).
+    pub fn output(&self, id: &str) -> Option<(Option<CapturedOutput>, Option<CapturedOutput>)> {
+        match self.handle(id)? {
+            Handle::Live { process, .. } => Some((process.output(Stream::Stdout), process.output(Stream::Stderr))),
+            Handle::Recovered { .. } => None,
+        }
+    }
+
+    /// Subscribes to a live process's output and exit events. `None` when it is unknown or not a child.
+    pub fn subscribe(&self, id: &str) -> Option<(Process, Events)> {
+        match self.handle(id)? {
+            Handle::Live { process, .. } => {
+                let events = process.subscribe();
+                Some((process, events))
+            }
+            Handle::Recovered { .. } => None,
+        }
+    }
+
+    /// The corral-proc handle of a process this daemon started (not of a recovered one).
+    pub fn process(&self, id: &str) -> Option<Process> {
+        match self.handle(id)? {
+            Handle::Live { process, .. } => Some(process),
+            Handle::Recovered { .. } => None,
+        }
+    }
+
+    /// Waits until the record of `id` holds its terminal state.
+    pub async fn wait_recorded(&self, id: &str) {
+        if let Some(handle) = self.handle(id) {
+            let mut recorded = handle.recorded();
+            let _ = recorded.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Checks every record left live by an earlier daemon: same process → recovered, else `stale`.
+    pub fn reconcile(&self) -> Result<ReconcileReport, ProcessesError> {
+        let filter = ProcessFilter {
+            states: vec![ProcessState::Pending, ProcessState::Running, ProcessState::Interrupting],
+            ..ProcessFilter::default()
+        };
+        let mut report = ReconcileReport::default();
+        for record in self.inner.store.list_processes(&filter)? {
+            if self.handle(&record.id).is_some() {
+                continue; // ours, from this run
+            }
+            let identity = match (record.pid, record.start_ticks, &record.boot_id) {
+                (Some(pid), Some(start_ticks), Some(boot_id)) => Some(ProcessIdentity {
+                    pid,
+                    start_ticks,
+                    boot_id: boot_id.clone(),
+                }),
+                _ => None,
+            };
+            let liveness = identity.as_ref().map(|i| i.check().unwrap_or(Liveness::Gone));
+            match (identity, liveness) {
+                (Some(identity), Some(Liveness::Alive)) => {
+                    report.recovered += 1;
+                    self.recover(record, identity);
+                }
+                (_, liveness) => {
+                    report.stale += 1;
+                    let error = match liveness {
+                        None => "never started: the daemon stopped before the spawn",
+                        Some(Liveness::Reused) => "pid now belongs to another process; not signalled",
+                        _ => "process gone while the daemon was not running",
+                    };
+                    let end = ProcessEnd {
+                        state: ProcessState::Stale,
+                        exit_code: None,
+                        signal: None,
+                        error: Some(error.into()),
+                        ended_at: now_ms(),
+                    };
+                    self.inner.store.finish_process(&record.id, &end)?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn recover(&self, record: ProcessRecord, identity: ProcessIdentity) {
+        let (recorded_tx, recorded_rx) = watch::channel(false);
+        let pgid = record.pgid.unwrap_or(identity.pid);
+        self.handles().insert(
+            record.id.clone(),
+            Handle::Recovered {
+                identity: identity.clone(),
+                pgid,
+                recorded: recorded_rx,
+            },
+        );
+        let manager = self.clone();
+        let interrupting = record.state == ProcessState::Interrupting;
+        tokio::spawn(async move {
+            if interrupting {
+                // The earlier daemon was stopping it when it died: finish the job.
+                stop_recovered(&identity, pgid, DEFAULT_GRACE).await;
+            }
+            if let Ok(pidfd) = identity.open_pidfd() {
+                pidfd.exited().await;
+            }
+            let stopped = manager
+                .get(&record.id)
+                .map(|r| r.state == ProcessState::Interrupting)
+                .unwrap_or(false);
+            let end = ProcessEnd {
+                state: if stopped {
+                    ProcessState::Interrupted
+                } else {
+                    ProcessState::Stale
+                },
+                exit_code: None,
+                signal: None,
+                error: Some(if stopped {
+                    "stopped on request (recovered after a daemon restart; exit status unknown)".into()
+                } else {
+                    "exited after a daemon restart, while not its parent: exit status unknown".into()
+                }),
+                ended_at: now_ms(),
+            };
+            manager.record_end(&record.id, end, false);
+            let _ = recorded_tx.send(true);
+        });
+    }
+
+    /// Stops every process still running (graceful, all at once) and waits until all are recorded.
+    pub async fn shutdown_all(&self, grace: Duration) {
+        let handles: Vec<(String, Handle)> = self
+            .handles()
+            .iter()
+            .filter(|(_, h)| !*h.recorded().borrow())
+            .map(|(id, h)| (id.clone(), h.clone()))
+            .collect();
+        for (id, _) in &handles {
+            let _ = self
+                .inner
+                .store
+                .transition_process(id, &[ProcessState::Running], ProcessState::Interrupting);
+        }
+        for (_, handle) in &handles {
+            match handle {
+                Handle::Live { process, .. } => process.start_shutdown(grace),
+                Handle::Recovered { identity, pgid, .. } => {
+                    let (identity, pgid) = (identity.clone(), *pgid);
+                    tokio::spawn(async move { stop_recovered(&identity, pgid, grace).await });
+                }
+            }
+        }
+        for (_, handle) in handles {
+            let mut recorded = handle.recorded();
+            let _ = recorded.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Number of processes running now under this daemon.
+    pub fn running_count(&self) -> usize {
+        self.handles().values().filter(|h| !*h.recorded().borrow()).count()
+    }
+}
+
+/// Stops a process that is not our child: identity verified first, then the group, `TERM` → grace →
+/// `KILL`, then waits until no live member is left.
+async fn stop_recovered(identity: &ProcessIdentity, pgid: u32, grace: Duration) {
+    let Ok(pidfd) = identity.open_pidfd() else {
+        return; // gone, or the pid is someone else's now: never signal it
+    };
+    // The leader is alive and pinned by our pidfd check, so the group id names its group.
+    let _ = corral_proc::signal_group(pgid, Signal::TERM);
+    let _ = pidfd.send_signal(Signal::TERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        let alive = corral_proc::group_has_live_members(pgid).unwrap_or(false) || !pidfd.has_exited();
+        if !alive {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = pidfd.send_signal(Signal::KILL);
+            let _ = corral_proc::signal_group(pgid, Signal::KILL);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// The record's end from corral-proc's verdict.
+fn end_of(finished: &Finished) -> ProcessEnd {
+    let (state, error) = match &finished.outcome {
+        Outcome::Completed => (ProcessState::Completed, None),
+        Outcome::Interrupted => (ProcessState::Interrupted, Some("stopped on request".to_owned())),
+        Outcome::Failed(Failure::ExitCode(code)) => (ProcessState::Failed, Some(format!("exited with code {code}"))),
+        Outcome::Failed(Failure::Signal(signal)) => (ProcessState::Failed, Some(format!("killed by signal {signal}"))),
+        Outcome::Failed(Failure::TimedOut) => (ProcessState::Failed, Some("timed out".to_owned())),
+        Outcome::Failed(Failure::Unknown) => (ProcessState::Failed, Some("exit status unknown".to_owned())),
+    };
+    ProcessEnd {
+        state,
+        exit_code: finished.exit_code(),
+        signal: finished.signal().map(|s| s.name().to_owned()),
+        error,
+        ended_at: to_ms(finished.ended_at),
+    }
+}
+
+/// The record as event data.
+pub fn record_json(record: &ProcessRecord) -> Value {
+    json!({
+        "id": record.id,
+        "pid": record.pid,
+        "pgid": record.pgid,
+        "source": record.source,
+        "labels": record.labels,
+        "command": record.command,
+        "dir": record.dir,
+        "state": record.state.as_str(),
+        "exit_code": record.exit_code,
+        "signal": record.signal,
+        "error": record.error,
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "ended_at": record.ended_at,
+    })
+}

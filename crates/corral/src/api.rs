@@ -1,0 +1,163 @@
+//! Wire types: the JSON both the daemon and the CLI speak. Only this crate chooses wire formats.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Every error response: `{"error": "...", "code": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ErrorBody {
+    pub(crate) error: String,
+    pub(crate) code: String,
+}
+
+/// `POST /processes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StartProcess {
+    pub(crate) command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) dir: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) grace: Option<String>,
+    #[serde(default)]
+    pub(crate) stdin: bool,
+}
+
+/// A process record as served.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ProcessJson {
+    pub(crate) id: String,
+    pub(crate) pid: Option<u32>,
+    pub(crate) pgid: Option<u32>,
+    pub(crate) source: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) command: Vec<String>,
+    pub(crate) dir: Option<String>,
+    pub(crate) state: String,
+    pub(crate) exit_code: Option<i32>,
+    #[serde(default)]
+    pub(crate) signal: Option<String>,
+    pub(crate) error: Option<String>,
+    #[serde(default)]
+    pub(crate) created_at: Option<String>,
+    pub(crate) started_at: Option<String>,
+    pub(crate) ended_at: Option<String>,
+}
+
+impl From<&corral_store::ProcessRecord> for ProcessJson {
+    fn from(record: &corral_store::ProcessRecord) -> Self {
+        ProcessJson {
+            id: record.id.clone(),
+            pid: record.pid,
+            pgid: record.pgid,
+            source: record.source.clone(),
+            labels: record.labels.clone(),
+            command: record.command.clone(),
+            dir: record.dir.clone(),
+            state: record.state.as_str().to_owned(),
+            exit_code: record.exit_code,
+            signal: record.signal.clone(),
+            error: record.error.clone(),
+            created_at: Some(rfc3339(record.created_at)),
+            started_at: record.started_at.map(rfc3339),
+            ended_at: record.ended_at.map(rfc3339),
+        }
+    }
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// `POST /processes/{id}/signal`: a name (`"TERM"`, `"SIGTERM"`) or a number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignalRequest {
+    pub(crate) signal: SignalValue,
+}
+
+/// A signal as a name or a number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum SignalValue {
+    Number(i32),
+    Name(String),
+}
+
+/// `POST /processes/{id}/stop`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StopRequest {
+    #[serde(default)]
+    pub(crate) grace: Option<String>,
+}
+
+/// `POST /processes/{id}/stdin`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StdinRequest {
+    #[serde(default)]
+    pub(crate) data: String,
+    #[serde(default)]
+    pub(crate) close: bool,
+}
+
+/// `GET /processes/{id}/output`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OutputJson {
+    pub(crate) id: String,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) stdout_truncated: bool,
+    pub(crate) stderr_truncated: bool,
+    pub(crate) state: String,
+}
+
+/// One line in `GET /processes/{id}/output?follow=true` (SSE event `output`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OutputLine {
+    pub(crate) stream: String,
+    pub(crate) line: String,
+    /// `newline`, `split` (continues in the next line) or `eof`.
+    pub(crate) end: String,
+}
+
+/// `GET /health` and `GET /ready`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct HealthJson {
+    pub(crate) status: String,
+    pub(crate) checks: BTreeMap<String, CheckJson>,
+    #[serde(default)]
+    pub(crate) version: String,
+    #[serde(default)]
+    pub(crate) pid: u32,
+    #[serde(default)]
+    pub(crate) uptime_ms: u64,
+    #[serde(default)]
+    pub(crate) processes: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub(crate) reconcile: BTreeMap<String, u64>,
+}
+
+/// One health check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CheckJson {
+    pub(crate) ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+}
+
+/// `POST /pipelines` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PipelineCreated {
+    pub(crate) id: String,
+}

@@ -1,0 +1,315 @@
+//! One function per CLI command: call the API, print the answer (text or `--json`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use hyper::Method;
+use serde_json::Value;
+
+use crate::api::{HealthJson, OutputJson, OutputLine, ProcessJson, SignalRequest, SignalValue, StartProcess, StopRequest};
+use crate::cli::{LogsArgs, PipelineCommand, PsArgs, RunArgs, SignalArgs, StopArgs};
+use crate::client::transport::Client;
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Percent-encodes a query value.
+fn enc(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// `corral status`.
+pub(crate) async fn status(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    // /health answers 503 with the same body when unhealthy: read it either way.
+    let response = client.send(Method::GET, "/health", None).await?;
+    let code = response.status();
+    let bytes = http_body_util::BodyExt::collect(response.into_body()).await?.to_bytes();
+    let health: HealthJson = serde_json::from_slice(&bytes).context("unexpected answer to /health")?;
+    if json {
+        print_json(&health)?;
+    } else {
+        println!("daemon:    pid {} · version {} · up {}s", health.pid, health.version, health.uptime_ms / 1000);
+        println!("health:    {}", health.status);
+        for (name, check) in &health.checks {
+            match &check.error {
+                None => println!("  {name:<8} ok"),
+                Some(err) => println!("  {name:<8} FAILING: {err}"),
+            }
+        }
+        let counts: Vec<String> = health.processes.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        println!("processes: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
+    }
+    Ok(if code.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `corral run -- CMD...`: start, stream output, forward Ctrl-C as a stop, exit with the child's code.
+pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let dir = match args.dir {
+        Some(dir) => Some(dir),
+        None => std::env::current_dir().ok(),
+    };
+    let request = StartProcess {
+        command: args.command,
+        dir: dir.map(|d| d.display().to_string()),
+        env: args.env.into_iter().collect(),
+        labels: args.labels.into_iter().collect(),
+        timeout: args.timeout,
+        grace: args.grace.clone(),
+        stdin: false,
+    };
+    let started: ProcessJson = client.call(Method::POST, "/processes", Some(&request)).await?;
+    let mut events = client.events(&format!("/processes/{}/output?follow=true", enc(&started.id))).await?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stopping = false;
+    let mut last: Option<ProcessJson> = None;
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let Some(event) = event? else { break };
+                match event.event.as_str() {
+                    "output" if !json => {
+                        let line: OutputLine = serde_json::from_str(&event.data)?;
+                        let newline = if line.end == "split" { "" } else { "\n" };
+                        if line.stream == "stderr" {
+                            let _ = write!(std::io::stderr(), "{}{newline}", line.line);
+                        } else {
+                            let mut out = std::io::stdout().lock();
+                            let _ = write!(out, "{}{newline}", line.line);
+                            let _ = out.flush();
+                        }
+                    }
+                    "exit" => {
+                        last = Some(serde_json::from_str(&event.data)?);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            _ = interrupt.recv(), if !stopping => {
+                stopping = true;
+                stop_in_background(client, &started.id, args.grace.clone());
+            }
+            _ = terminate.recv(), if !stopping => {
+                stopping = true;
+                stop_in_background(client, &started.id, args.grace.clone());
+            }
+        }
+    }
+    let record = match last {
+        Some(record) => record,
+        None => client.call::<ProcessJson>(Method::GET, &format!("/processes/{}", enc(&started.id)), None::<&()>).await?,
+    };
+    if json {
+        print_json(&record)?;
+    }
+    Ok(exit_code_of(&record))
+}
+
+fn stop_in_background(client: &Client, id: &str, grace: Option<String>) {
+    let client = client.clone();
+    let path = format!("/processes/{}/stop", enc(id));
+    tokio::spawn(async move {
+        let _ = client.call::<ProcessJson>(Method::POST, &path, Some(&StopRequest { grace })).await;
+    });
+}
+
+/// The shell-style exit code for a finished record: its code, 128+signal, or 1.
+fn exit_code_of(record: &ProcessJson) -> ExitCode {
+    if let Some(code) = record.exit_code {
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
+    if let Some(signal) = record.signal.as_deref().and_then(corral_proc::Signal::from_name) {
+        return ExitCode::from((128 + signal.number()).clamp(1, 255) as u8);
+    }
+    ExitCode::FAILURE
+}
+
+/// `corral ps`.
+pub(crate) async fn ps(client: &Client, args: PsArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let mut query: Vec<String> = args.labels.iter().map(|(k, v)| format!("label={}", enc(&format!("{k}={v}")))).collect();
+    if let Some(state) = &args.state {
+        query.push(format!("state={}", enc(state)));
+    }
+    if let Some(limit) = args.limit {
+        query.push(format!("limit={limit}"));
+    }
+    let path = if query.is_empty() { "/processes".to_owned() } else { format!("/processes?{}", query.join("&")) };
+    let records: Vec<ProcessJson> = client.call(Method::GET, &path, None::<&()>).await?;
+    if json {
+        print_json(&records)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if records.is_empty() {
+        println!("no processes");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<36}  {:>7}  {:<11}  {:>4}  {:<20}  COMMAND", "ID", "PID", "STATE", "EXIT", "LABELS");
+    for record in records {
+        let labels: Vec<String> = record.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<36}  {:>7}  {:<11}  {:>4}  {:<20}  {}",
+            record.id,
+            record.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            record.state,
+            record.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            truncate(&labels.join(","), 20),
+            record.command.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let cut: String = text.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+/// `corral logs`.
+pub(crate) async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let id = enc(&args.id);
+    if args.follow {
+        let mut events = client.events(&format!("/processes/{id}/output?follow=true")).await?;
+        while let Some(event) = events.next().await? {
+            match event.event.as_str() {
+                "output" if json => println!("{}", event.data),
+                "output" => {
+                    let line: OutputLine = serde_json::from_str(&event.data)?;
+                    println!("{}", line.line);
+                }
+                "exit" => break,
+                _ => {}
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let output: OutputJson = client.call(Method::GET, &format!("/processes/{id}/output"), None::<&()>).await?;
+    if json {
+        print_json(&output)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tail = |text: &str| -> String {
+        match args.tail {
+            Some(n) => {
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(n)..].join("\n") + if lines.is_empty() { "" } else { "\n" }
+            }
+            None => text.to_owned(),
+        }
+    };
+    print!("{}", tail(&output.stdout));
+    eprint!("{}", tail(&output.stderr));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `corral stop`.
+pub(crate) async fn stop(client: &Client, args: StopArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let record: ProcessJson = client
+        .call(Method::POST, &format!("/processes/{}/stop", enc(&args.id)), Some(&StopRequest { grace: args.grace }))
+        .await?;
+    if json {
+        print_json(&record)?;
+    } else {
+        println!("{} {}", record.id, record.state);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `corral signal`.
+pub(crate) async fn signal(client: &Client, args: SignalArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let signal = match args.signal.parse::<i32>() {
+        Ok(n) => SignalValue::Number(n),
+        Err(_) => SignalValue::Name(args.signal.clone()),
+    };
+    let record: ProcessJson = client
+        .call(Method::POST, &format!("/processes/{}/signal", enc(&args.id)), Some(&SignalRequest { signal }))
+        .await?;
+    if json {
+        print_json(&record)?;
+    } else {
+        println!("sent {} to {}", args.signal, record.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `corral daemons`.
+pub(crate) fn daemons(json: bool) -> anyhow::Result<ExitCode> {
+    let entries = crate::daemon::registry::list();
+    if json {
+        print_json(&entries)?;
+    } else if entries.is_empty() {
+        println!("no corral daemon is running");
+    } else {
+        println!("{:>7}  {:<24}  {:<8}  SOCKET", "PID", "STARTED", "VERSION");
+        for entry in entries {
+            println!("{:>7}  {:<24}  {:<8}  {}", entry.pid, entry.started, entry.version, entry.socket.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `corral pipeline ...`.
+pub(crate) async fn pipeline(client: &Client, command: PipelineCommand, json: bool) -> anyhow::Result<ExitCode> {
+    match command {
+        PipelineCommand::Get { id } => {
+            let status: Value = client.call(Method::GET, &format!("/pipelines/{}", enc(&id)), None::<&()>).await?;
+            if json {
+                print_json(&status)?;
+            } else {
+                print_pipeline(&status);
+            }
+            Ok(pipeline_exit(&status))
+        }
+        PipelineCommand::Run(args) => {
+            let text = std::fs::read_to_string(&args.file)
+                .with_context(|| format!("cannot read pipeline file {}", args.file.display()))?;
+            let spec = corral_core::pipeline::PipelineSpec::from_toml_str(&text)
+                .map_err(|err| anyhow::anyhow!("{}: {err}", args.file.display()))?;
+            let base = args.file.parent().map(|p| p.to_owned()).unwrap_or_default();
+            let spec = crate::daemon::pipelines::resolve_dirs(spec, &base);
+            let created: crate::api::PipelineCreated = client.call(Method::POST, "/pipelines", Some(&spec)).await?;
+            let status = crate::client::progress::follow_pipeline(client, &created.id, json).await?;
+            if json {
+                print_json(&status)?;
+            }
+            Ok(pipeline_exit(&status))
+        }
+    }
+}
+
+fn pipeline_exit(status: &Value) -> ExitCode {
+    match status.get("success").and_then(Value::as_bool) {
+        Some(true) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Prints a pipeline status as a table.
+pub(crate) fn print_pipeline(status: &Value) {
+    let empty = Vec::new();
+    let steps = status.get("steps").and_then(Value::as_array).unwrap_or(&empty);
+    for step in steps {
+        let field = |k: &str| step.get(k).cloned().unwrap_or(Value::Null);
+        let name = field("name").as_str().unwrap_or("?").to_owned();
+        let state = field("status").as_str().unwrap_or("?").to_owned();
+        let code = field("exit_code").as_i64().map(|c| format!("exit {c}")).unwrap_or_default();
+        let ms = field("duration_ms").as_u64().map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_default();
+        println!("  {name:<24} {state:<10} {code:<8} {ms}");
+    }
+    let counts: BTreeMap<&str, u64> = ["passed", "failed", "skipped", "cancelled"]
+        .iter()
+        .map(|k| (*k, status.get(*k).and_then(Value::as_u64).unwrap_or(0)))
+        .collect();
+    println!(
+        "{} passed, {} failed, {} skipped, {} cancelled",
+        counts["passed"], counts["failed"], counts["skipped"], counts["cancelled"]
+    );
+}

@@ -1,0 +1,213 @@
+//! `corral daemon`: start-up, serving, and graceful shutdown.
+//!
+//! Start-up order matters: config and tokens are validated first (exit 2, nothing touched), then the
+//! state dir is locked (a second daemon exits 1 and touches nothing), then the store is opened and
+//! records left by a crashed daemon are reconciled, then the listeners come up and readiness is
+//! announced. Shutdown (SIGTERM/SIGINT) runs the other way: not ready, stop accepting, stop every
+//! process this daemon runs (recorded `interrupted`), flush and close the store, release the lock.
+
+pub(crate) mod auth;
+pub(crate) mod listen;
+pub(crate) mod lock;
+pub(crate) mod metrics;
+pub(crate) mod notify;
+pub(crate) mod openapi;
+pub(crate) mod pipelines;
+pub(crate) mod registry;
+pub(crate) mod server;
+
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use corral_core::events::EventBus;
+use corral_core::processes::ProcessManager;
+use corral_store::{SqliteStore, Store};
+
+use crate::config::Config;
+use crate::daemon::auth::{Token, Tokens};
+use crate::daemon::server::{AppInner, AppState};
+
+/// Grace given to each process when the daemon shuts down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A usage problem found at start (exit code 2), e.g. TCP without tokens.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
+
+/// Logs to stderr; `RUST_LOG`/`CORRAL_LOG` set the filter (default `info`).
+pub(crate) fn init_logging() {
+    let filter = std::env::var("CORRAL_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!("{}", config.summary());
+    let tokens = Tokens::new(
+        config
+            .tokens
+            .iter()
+            .map(Token::from_config)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| UsageError(format!("{}: {err}", config_name(&config))))?,
+    );
+    if config.listen.is_some() && tokens.is_empty() {
+        return Err(UsageError(format!(
+            "{}: `listen` is set but no [[token]] is configured; refusing to serve TCP without authentication",
+            config_name(&config)
+        ))
+        .into());
+    }
+
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.state_dir)
+        .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
+    let lock = lock::StateLock::acquire(&config.state_dir)?;
+    tracing::info!(state_dir = %config.state_dir.display(), lock = %lock.path().display(), "state dir locked");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(config.state_dir.join("logs"))
+        .context("cannot create the logs dir")?;
+
+    if let Some(parent) = config.store_path.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+    }
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&config.store_path)
+            .with_context(|| format!("cannot open the store {}", config.store_path.display()))?,
+    );
+    if let Err(err) = corral_proc::reaper::enable_subreaper() {
+        tracing::warn!(error = %err, "cannot become a child subreaper; orphans go to init");
+    }
+
+    let bus = EventBus::new();
+    let metrics = Arc::new(metrics::Metrics::default());
+    {
+        let metrics = metrics.clone();
+        let mut events = bus.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => metrics.on_event(&event.kind, &event.data),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    let processes = ProcessManager::new(store.clone(), bus.clone());
+    let reconcile = processes.reconcile().context("reconciling process records")?;
+    tracing::info!(recovered = reconcile.recovered, stale = reconcile.stale, "process records reconciled");
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let state = AppState {
+        inner: Arc::new(AppInner {
+            pipelines: pipelines::Pipelines::new(processes.clone(), bus.clone()),
+            processes: processes.clone(),
+            bus,
+            metrics,
+            tokens,
+            started: Instant::now(),
+            state_dir: config.state_dir.clone(),
+            ready: AtomicBool::new(false),
+            reconcile,
+            shutdown: shutdown_rx.clone(),
+        }),
+    };
+
+    let socket_path = config.state_dir.join("corral.sock");
+    let unix = listen::PeerCheckedUnixListener::bind(&socket_path)
+        .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
+    let mut servers = tokio::task::JoinSet::new();
+    {
+        let app = server::app(state.clone());
+        let mut stop = shutdown_rx.clone();
+        servers.spawn(async move {
+            axum::serve(unix, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+    if let Some(listen) = &config.listen {
+        let tcp = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let app = server::tcp_app(state.clone());
+        let mut stop = shutdown_rx.clone();
+        tracing::info!(address = %listen, "listening on TCP (token required)");
+        servers.spawn(async move {
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+
+    let entry = registry::DaemonEntry {
+        pid: std::process::id(),
+        start_ticks: corral_proc::ProcessIdentity::of(std::process::id()).map(|i| i.start_ticks).unwrap_or(0),
+        boot_id: corral_proc::boot_id().map(str::to_owned).unwrap_or_default(),
+        socket: socket_path.clone(),
+        state_dir: config.state_dir.clone(),
+        listen: config.listen.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    let registered = registry::register(&entry)
+        .map_err(|err| tracing::warn!(error = %err, "cannot write the daemon registry entry"))
+        .ok();
+
+    state.inner.ready.store(true, Ordering::SeqCst);
+    notify::notify("READY=1");
+    tracing::info!(socket = %socket_path.display(), pid = std::process::id(), "corral daemon ready");
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+        Some(result) = servers.join_next() => {
+            tracing::error!(?result, "a listener stopped unexpectedly; shutting down");
+        }
+    }
+
+    state.inner.ready.store(false, Ordering::SeqCst);
+    notify::notify("STOPPING=1");
+    let _ = shutdown_tx.send(true);
+    // Stop accepting; streams end on the shutdown signal, so this does not wait on open SSE clients.
+    let drain = async { while servers.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        tracing::warn!("listeners did not close within 5 s; closing anyway");
+    }
+    state.inner.pipelines.cancel_all();
+    processes.shutdown_all(SHUTDOWN_GRACE).await;
+    let _ = std::fs::remove_file(&socket_path);
+    if let Some(path) = registered {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(state);
+    drop(processes);
+    drop(store);
+    drop(lock);
+    tracing::info!("corral daemon stopped");
+    Ok(())
+}
+
+fn config_name(config: &Config) -> String {
+    config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "config".into())
+}

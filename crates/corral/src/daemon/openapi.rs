@@ -1,0 +1,35 @@
+//! `GET /openapi.json`: a hand-kept OpenAPI description of the routes this daemon serves.
+
+use serde_json::{json, Value};
+
+/// The OpenAPI 3.1 document.
+pub(crate) fn document() -> Value {
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    let op = |summary: &str| json!({"summary": summary, "responses": {"default": {"description": "error", "content": {"application/json": {"schema": error}}}}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "corral", "version": env!("CARGO_PKG_VERSION")},
+        "paths": {
+            "/health": {"get": op("Health with checks: 200, or 503 naming the failing check")},
+            "/ready": {"get": op("Readiness: 200 once serving, 503 while starting or stopping")},
+            "/metrics": {"get": op("Prometheus metrics")},
+            "/events": {"get": op("Server-sent events: process.started, process.exited, process.killed, pipeline.*")},
+            "/processes": {
+                "get": op("List process records (?label=k=v repeatable, state=, source=, limit=)"),
+                "post": op("Start a process: {command: [argv], dir?, env?, labels?, timeout?, grace?, stdin?}")
+            },
+            "/processes/{id}": {"get": op("One process record")},
+            "/processes/{id}/signal": {"post": op("Send a signal: {signal: \"TERM\" | 15}")},
+            "/processes/{id}/stop": {"post": op("Stop the whole group: {grace?}; answers when it is gone")},
+            "/processes/{id}/stdin": {"post": op("Write to stdin: {data, close?}")},
+            "/processes/{id}/output": {"get": op("Captured output; ?follow=true streams lines as SSE until exit")},
+            "/pipelines": {"post": op("Run a pipeline spec (JSON form of the TOML file) → {id}")},
+            "/pipelines/{id}": {"get": op("Per-step status of a pipeline")}
+        },
+        "components": {"schemas": {"Error": {
+            "type": "object",
+            "required": ["error", "code"],
+            "properties": {"error": {"type": "string"}, "code": {"type": "string"}}
+        }}}
+    })
+}

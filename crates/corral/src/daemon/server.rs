@@ -1,0 +1,554 @@
+//! The HTTP API: one router, served on the Unix socket as is and on TCP behind token auth.
+//!
+//! Handlers are thin: extract, call corral-core, map the result. Errors are always
+//! `{"error": "...", "code": "..."}` through [`AppError`].
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use corral_core::events::EventBus;
+use corral_core::processes::{ProcessManager, ProcessesError, ReconcileReport, StartRequest};
+use corral_proc::{EventKind, LineEnd, Received, Signal};
+use corral_store::{ProcessFilter, ProcessState, StoreError};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::api::{
+    CheckJson, ErrorBody, HealthJson, OutputJson, OutputLine, ProcessJson, SignalRequest, SignalValue, StartProcess,
+    StdinRequest, StopRequest,
+};
+use crate::daemon::auth::{required_scope, Required, Tokens};
+use crate::daemon::metrics::Metrics;
+use crate::daemon::pipelines::Pipelines;
+
+/// Records `GET /processes` returns when no `limit` is given.
+const DEFAULT_LIST_LIMIT: usize = 1000;
+/// The most records one `GET /processes` returns.
+const MAX_LIST_LIMIT: usize = 10_000;
+
+/// Largest request body accepted.
+pub(crate) const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) inner: Arc<AppInner>,
+}
+
+pub(crate) struct AppInner {
+    pub(crate) processes: ProcessManager,
+    pub(crate) pipelines: Pipelines,
+    pub(crate) bus: EventBus,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tokens: Tokens,
+    pub(crate) started: Instant,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) ready: AtomicBool,
+    pub(crate) reconcile: ReconcileReport,
+    /// Flips to true at shutdown; long-lived streams end on it.
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Resolves once the daemon is shutting down.
+pub(crate) fn shutting_down(state: &AppState) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut shutdown = state.inner.shutdown.clone();
+    async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    }
+}
+
+/// An error response.
+#[derive(Debug)]
+pub(crate) struct AppError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl AppError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        AppError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        AppError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        AppError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, error = %self.message, "request failed");
+        }
+        let body = ErrorBody {
+            error: self.message,
+            code: self.code.to_owned(),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(err: StoreError) -> Self {
+        if err.is_unavailable() {
+            AppError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("store unavailable: {err}"))
+        } else {
+            AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", format!("store error: {err}"))
+        }
+    }
+}
+
+impl From<ProcessesError> for AppError {
+    fn from(err: ProcessesError) -> Self {
+        match err {
+            ProcessesError::Invalid(msg) => AppError::bad_request("invalid_request", msg),
+            ProcessesError::NotFound(id) => AppError::not_found(format!("no process with id {id}")),
+            ProcessesError::NotRunning(id) => {
+                AppError::new(StatusCode::CONFLICT, "not_running", format!("process {id} is not running"))
+            }
+            ProcessesError::Spawn { error, .. } => AppError::bad_request("spawn_failed", error),
+            ProcessesError::Unsupported(msg) => AppError::new(StatusCode::CONFLICT, "unsupported", msg),
+            ProcessesError::Store(err) => err.into(),
+            ProcessesError::Os(msg) => AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "os_error", msg),
+        }
+    }
+}
+
+/// JSON body extractor whose rejections come out in our error shape.
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| AppError::new(rejection.status(), "bad_body", rejection.body_text()))?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a JSON body; an empty body means the type's default (for optional bodies).
+pub(crate) struct OptionalJson<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| AppError::new(rejection.status(), "bad_body", rejection.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        parse_json(&bytes).map(OptionalJson)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    serde_json::from_slice(bytes).map_err(|err| AppError::bad_request("invalid_json", format!("invalid JSON body: {err}")))
+}
+
+/// Parses an optional duration field of a request, naming the field in the error.
+pub(crate) fn duration_field(name: &str, value: Option<&str>) -> Result<Option<Duration>, AppError> {
+    value
+        .map(|text| {
+            corral_core::units::parse_duration(text)
+                .map_err(|err| AppError::bad_request("invalid_duration", format!("{name}: {err}")))
+        })
+        .transpose()
+}
+
+/// The router (no auth: the Unix socket is trusted by peer credentials).
+pub(crate) fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/events", get(events))
+        .route("/openapi.json", get(openapi))
+        .route("/processes", get(list_processes).post(start_process))
+        .route("/processes/{id}", get(get_process))
+        .route("/processes/{id}/signal", post(signal_process))
+        .route("/processes/{id}/stop", post(stop_process))
+        .route("/processes/{id}/stdin", post(stdin_process))
+        .route("/processes/{id}/output", get(process_output))
+        .merge(crate::daemon::pipelines::router())
+        .fallback(|| async { AppError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            AppError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+/// The router for TCP: the same routes behind bearer-token auth.
+pub(crate) fn tcp_app(state: AppState) -> Router {
+    app(state.clone()).layer(middleware::from_fn_with_state(state, authenticate))
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    state.inner.metrics.on_request(&route, &method, response.status().as_u16());
+    response
+}
+
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let required = required_scope(request.method(), request.uri().path());
+    let Required::Scope(scope) = required else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let Some(token) = presented.and_then(|secret| state.inner.tokens.find(secret)) else {
+        let mut response =
+            AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required").into_response();
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return response;
+    };
+    if !token.allows(&scope) {
+        return AppError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {:?} lacks the scope this route needs ({scope:?})", token.name),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let mut checks = BTreeMap::new();
+    let store_check = state.inner.processes.store().health_check();
+    checks.insert(
+        "store".to_owned(),
+        CheckJson {
+            ok: store_check.is_ok(),
+            error: store_check.err().map(|e| e.to_string()),
+        },
+    );
+    let disk = disk_check(&state.inner.state_dir);
+    checks.insert(
+        "disk".to_owned(),
+        CheckJson {
+            ok: disk.is_ok(),
+            error: disk.err(),
+        },
+    );
+    let ok = checks.values().all(|c| c.ok);
+    let processes = state
+        .inner
+        .processes
+        .store()
+        .count_processes_by_state()
+        .map(|counts| counts.into_iter().map(|(s, n)| (s.as_str().to_owned(), n)).collect())
+        .unwrap_or_default();
+    let body = HealthJson {
+        status: if ok { "ok".into() } else { "unhealthy".into() },
+        checks,
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        uptime_ms: state.inner.started.elapsed().as_millis() as u64,
+        processes,
+        reconcile: BTreeMap::from([
+            ("recovered".to_owned(), state.inner.reconcile.recovered as u64),
+            ("stale".to_owned(), state.inner.reconcile.stale as u64),
+        ]),
+    };
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// Free space in the state dir: unhealthy below 64 MiB or 1 %.
+fn disk_check(dir: &std::path::Path) -> Result<(), String> {
+    let stat = rustix::fs::statvfs(dir).map_err(|err| format!("cannot stat {}: {err}", dir.display()))?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let total = stat.f_blocks.saturating_mul(stat.f_frsize);
+    if free < 64 * 1024 * 1024 || (total > 0 && free.saturating_mul(100) < total) {
+        return Err(format!("only {} MiB free in {}", free / (1024 * 1024), dir.display()));
+    }
+    Ok(())
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.inner.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        AppError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the daemon is starting or stopping").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let started = Instant::now();
+    let counts = state.inner.processes.store().count_processes_by_state();
+    state.inner.metrics.on_store_op(started.elapsed());
+    let counts: BTreeMap<String, u64> =
+        counts.unwrap_or_default().into_iter().map(|(s, n)| (s.as_str().to_owned(), n)).collect();
+    let text = state.inner.metrics.render(&counts, state.inner.processes.running_count());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let receiver = state.inner.bus.subscribe();
+    let stream = stream::unfold(receiver, |mut receiver| async move {
+        let event = match receiver.recv().await {
+            Ok(event) => SseEvent::default()
+                .event(event.kind.clone())
+                .data(json!({"kind": event.kind, "at": event.at, "data": event.data}).to_string()),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                SseEvent::default().event("lagged").data(json!({"missed": n}).to_string())
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), receiver))
+    });
+    // A first event at once, so a client knows its subscription is live before it acts.
+    let hello = stream::once(async { Ok(SseEvent::default().event("ready").data("{}")) });
+    Sse::new(hello.chain(stream).take_until(shutting_down(&state))).keep_alive(KeepAlive::default())
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::daemon::openapi::document())
+}
+
+async fn start_process(State(state): State<AppState>, ApiJson(body): ApiJson<StartProcess>) -> Result<Response, AppError> {
+    let request = StartRequest {
+        command: body.command,
+        dir: body.dir.map(PathBuf::from),
+        env: body.env,
+        labels: body.labels,
+        source: "adhoc".into(),
+        timeout: duration_field("timeout", body.timeout.as_deref())?,
+        grace: duration_field("grace", body.grace.as_deref())?,
+        stdin: body.stdin,
+        id: None,
+    };
+    for (key, value) in &request.labels {
+        validate_label(key, value)?;
+    }
+    let record = state.inner.processes.start(request)?;
+    Ok((StatusCode::CREATED, Json(ProcessJson::from(&record))).into_response())
+}
+
+fn validate_label(key: &str, value: &str) -> Result<(), AppError> {
+    let ok_key = !key.is_empty() && key.len() <= 128 && key.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+    if !ok_key {
+        return Err(AppError::bad_request(
+            "invalid_label",
+            format!("label key {key:?}: use 1-128 characters of letters, digits, _ . - /"),
+        ));
+    }
+    if value.len() > 1024 || value.contains('\0') {
+        return Err(AppError::bad_request("invalid_label", format!("label {key}: value too long or has a NUL byte")));
+    }
+    Ok(())
+}
+
+/// Parses `label=k=v` (repeatable), `state=S`, `source=`, `limit=N`.
+fn process_filter(query: Option<&str>) -> Result<ProcessFilter, AppError> {
+    let mut filter = ProcessFilter::default();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "label" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .ok_or_else(|| AppError::bad_request("invalid_query", format!("label {value:?}: use label=key=value")))?;
+                filter.labels.insert(k.to_owned(), v.to_owned());
+            }
+            "state" => {
+                for part in value.split(',').filter(|p| !p.is_empty()) {
+                    let state: ProcessState = part
+                        .parse()
+                        .map_err(|_| AppError::bad_request("invalid_query", format!("unknown state {part:?}")))?;
+                    filter.states.push(state);
+                }
+            }
+            "source" => filter.source = Some(value.into_owned()),
+            "limit" => {
+                filter.limit = Some(
+                    value.parse().map_err(|_| AppError::bad_request("invalid_query", "limit must be a whole number"))?,
+                )
+            }
+            other => return Err(AppError::bad_request("invalid_query", format!("unknown query parameter {other:?}"))),
+        }
+    }
+    Ok(filter)
+}
+
+async fn list_processes(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<Vec<ProcessJson>>, AppError> {
+    let mut filter = process_filter(query.as_deref())?;
+    // Listing holds the store's writer lock while rows decode: never list everything by accident.
+    filter.limit = Some(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT).min(MAX_LIST_LIMIT));
+    let records = state.inner.processes.list(&filter)?;
+    Ok(Json(records.iter().map(ProcessJson::from).collect()))
+}
+
+async fn get_process(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ProcessJson>, AppError> {
+    Ok(Json(ProcessJson::from(&state.inner.processes.get(&id)?)))
+}
+
+async fn signal_process(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SignalRequest>,
+) -> Result<Json<ProcessJson>, AppError> {
+    let signal = match &body.signal {
+        SignalValue::Number(n) => Signal::from_number(*n),
+        SignalValue::Name(name) => name.parse().ok(),
+    }
+    .ok_or_else(|| AppError::bad_request("invalid_signal", format!("unknown signal {:?}", body.signal)))?;
+    state.inner.processes.signal(&id, signal).await?;
+    Ok(Json(ProcessJson::from(&state.inner.processes.get(&id)?)))
+}
+
+async fn stop_process(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<StopRequest>,
+) -> Result<Json<ProcessJson>, AppError> {
+    let grace = duration_field("grace", body.grace.as_deref())?;
+    Ok(Json(ProcessJson::from(&state.inner.processes.stop(&id, grace).await?)))
+}
+
+async fn stdin_process(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<StdinRequest>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    state.inner.processes.write_stdin(&id, body.data.as_bytes(), body.close).await?;
+    Ok(Json(json!({"written": body.data.len(), "closed": body.close})))
+}
+
+async fn process_output(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let follow = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .any(|(k, v)| k == "follow" && (v == "true" || v == "1"));
+    let record = state.inner.processes.get(&id)?;
+    let _ = headers;
+    if follow {
+        return Ok(follow_output(state, id).await.into_response());
+    }
+    let (stdout, stderr) = state.inner.processes.output(&id).unwrap_or((None, None));
+    let text = |o: &Option<corral_proc::CapturedOutput>| o.as_ref().map(|o| o.to_string_lossy()).unwrap_or_default();
+    let cut = |o: &Option<corral_proc::CapturedOutput>| o.as_ref().is_some_and(|o| o.is_truncated());
+    Ok(Json(OutputJson {
+        id,
+        stdout: text(&stdout),
+        stderr: text(&stderr),
+        stdout_truncated: cut(&stdout),
+        stderr_truncated: cut(&stderr),
+        state: record.state.as_str().to_owned(),
+    })
+    .into_response())
+}
+
+/// SSE: what was captured so far (as lines), then live lines, then an `exit` event with the record.
+async fn follow_output(state: AppState, id: String) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let subscription = state.inner.processes.subscribe(&id);
+    let mut backlog = Vec::new();
+    if let Some((process, _)) = &subscription {
+        for stream_kind in [corral_proc::Stream::Stdout, corral_proc::Stream::Stderr] {
+            if let Some(out) = process.output(stream_kind) {
+                let mut splitter = corral_proc::LineSplitter::new(corral_proc::DEFAULT_LINE_MAX);
+                let mut lines = Vec::new();
+                splitter.push(&Bytes::from(out.bytes), &mut lines);
+                lines.extend(splitter.finish());
+                backlog.extend(lines.into_iter().map(|line| output_event(stream_kind, &line)));
+            }
+        }
+    }
+    let events = subscription.map(|(_, events)| events);
+    let processes = state.inner.processes.clone();
+    let live = stream::unfold((events, processes, id, false), |(mut events, processes, id, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let Some(subscription) = events.as_mut() else {
+                processes.wait_recorded(&id).await;
+                let exit = exit_event(&processes, &id);
+                return Some((vec![exit], (None, processes, id, true)));
+            };
+            match subscription.recv().await {
+                Some(Received::Event(event)) => match event.kind {
+                    EventKind::Output { stream, lines } => {
+                        let batch = lines.iter().map(|line| output_event(stream, line)).collect();
+                        return Some((batch, (events, processes, id, false)));
+                    }
+                    EventKind::Exited(_) => {
+                        processes.wait_recorded(&id).await;
+                        let exit = exit_event(&processes, &id);
+                        return Some((vec![exit], (None, processes, id, true)));
+                    }
+                    _ => continue,
+                },
+                Some(Received::Missed(n)) => {
+                    let lagged = SseEvent::default().event("lagged").data(json!({"missed": n}).to_string());
+                    return Some((vec![lagged], (events, processes, id, false)));
+                }
+                None => events = None,
+            }
+        }
+    })
+    .flat_map(|batch| stream::iter(batch.into_iter().map(Ok)));
+    let stream = stream::iter(backlog.into_iter().map(Ok)).chain(live).take_until(shutting_down(&state));
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn output_event(stream: corral_proc::Stream, line: &corral_proc::Line) -> SseEvent {
+    let end = match line.end {
+        LineEnd::Newline => "newline",
+        LineEnd::Split => "split",
+        LineEnd::Eof => "eof",
+    };
+    let body = OutputLine {
+        stream: stream.as_str().to_owned(),
+        line: line.to_string_lossy(),
+        end: end.to_owned(),
+    };
+    SseEvent::default().event("output").data(serde_json::to_string(&body).unwrap_or_default())
+}
+
+fn exit_event(processes: &ProcessManager, id: &str) -> SseEvent {
+    let data = processes
+        .get(id)
+        .map(|record| serde_json::to_string(&ProcessJson::from(&record)).unwrap_or_default())
+        .unwrap_or_else(|err| json!({"error": err.to_string()}).to_string());
+    SseEvent::default().event("exit").data(data)
+}

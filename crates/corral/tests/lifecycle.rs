@@ -1,0 +1,192 @@
+//! Daemon lifecycle: lock, socket, config errors, crash and restart, graceful stop.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::util::{bin, isolate, wait_until, Daemon, TempDir};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_dir_exits_at_once_and_touches_nothing() {
+    let daemon = Daemon::start().await;
+    let db_before = std::fs::metadata(daemon.state_dir.join("corral.db")).expect("UNWRAP: db").len();
+    let lock_before = std::fs::read_to_string(daemon.state_dir.join("corral.lock")).expect("UNWRAP: lock");
+    let started = Instant::now();
+    let output = daemon.daemon_command().stdin(Stdio::null()).output().expect("UNWRAP: run second daemon");
+    assert!(started.elapsed() < Duration::from_secs(20), "the second daemon must not wait for the lock");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.trim().lines().last().unwrap_or("");
+    assert!(last.starts_with("corral: ") && last.contains(&format!("pid {}", daemon.pid())), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    // The first is undisturbed: same lock content, socket still answers.
+    assert_eq!(std::fs::read_to_string(daemon.state_dir.join("corral.lock")).expect("UNWRAP: lock"), lock_before);
+    assert_eq!(daemon.get("/health").await.0, 200);
+    assert!(std::fs::metadata(daemon.state_dir.join("corral.db")).expect("UNWRAP: db").len() >= db_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_dir_is_0700_and_socket_is_0600() {
+    let daemon = Daemon::start().await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("UNWRAP: exists").permissions().mode() & 0o777;
+    assert_eq!(mode(&daemon.socket), 0o600);
+    assert_eq!(mode(&daemon.state_dir), 0o700);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_cannot_use_the_socket() {
+    if !rustix::process::getuid().is_root() {
+        eprintln!("skipped: needs root to act as user nobody");
+        return;
+    }
+    if std::process::Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv not installed");
+        return;
+    }
+    let daemon = Daemon::start().await;
+    // Let nobody reach the socket file through the directories, so only the socket's own checks stand.
+    std::fs::set_permissions(&daemon.state_dir, std::fs::Permissions::from_mode(0o711)).expect("UNWRAP: chmod");
+    std::fs::set_permissions(&daemon.dir.0, std::fs::Permissions::from_mode(0o711)).expect("UNWRAP: chmod");
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("status")
+        .output()
+        .expect("UNWRAP: setpriv");
+    assert!(!output.status.success());
+    // The daemon is still fine.
+    assert_eq!(daemon.get("/health").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_exits_2_naming_file_and_line() {
+    let dir = TempDir::new();
+    let config = dir.0.join("corral.toml");
+    std::fs::write(&config, "job_ttl = \"5m\"\nlisten_addr = \"127.0.0.1:1\"\n").expect("UNWRAP: write");
+    let mut command = std::process::Command::new(bin());
+    command.arg("daemon").arg("--config").arg(&config).arg("--state-dir").arg(dir.0.join("state"));
+    isolate(&mut command, &dir.0);
+    let output = command.stdin(Stdio::null()).output().expect("UNWRAP: run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("{}:2:", config.display())), "{stderr}");
+    assert!(stderr.contains("listen_addr"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!dir.0.join("state").exists(), "nothing touched");
+
+    // An explicit config that does not exist is an error too; a missing default one is not.
+    let mut command = std::process::Command::new(bin());
+    command.arg("daemon").arg("--config").arg(dir.0.join("missing.toml"));
+    isolate(&mut command, &dir.0);
+    let output = command.stdin(Stdio::null()).output().expect("UNWRAP: run");
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_daemon_the_cli_says_so_in_one_line() {
+    let dir = TempDir::new();
+    let mut command = std::process::Command::new(bin());
+    command.arg("--socket").arg(dir.0.join("nope.sock")).arg("status");
+    isolate(&mut command, &dir.0);
+    let output = command.output().expect("UNWRAP: run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("corral daemon"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_then_restart_comes_up_healthy_with_no_record_left_running() {
+    let mut daemon = Daemon::start().await;
+    let (status, short) = daemon.post("/processes", json!({"command": ["sh", "-c", "exit 0"]})).await;
+    assert_eq!(status, 201, "{short}");
+    let (status, long) = daemon.post("/processes", json!({"command": ["sleep", "0.5"]})).await;
+    assert_eq!(status, 201, "{long}");
+    let (_, forever) = daemon.post("/processes", json!({"command": ["sleep", "300"]})).await;
+    let forever_pid = forever["pid"].as_u64().expect("UNWRAP: pid") as u32;
+    daemon.kill9();
+    // The old socket file is still there; the lock died with the daemon.
+    assert!(daemon.socket.exists());
+    tokio::time::sleep(Duration::from_millis(700)).await; // let `sleep 0.5` end while no daemon runs
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (status, health) = daemon.get("/health").await;
+    assert_eq!(status, 200, "{health}");
+    let (_, record) = daemon.get(&format!("/processes/{}", long["id"].as_str().expect("UNWRAP: id"))).await;
+    assert_eq!(record["state"], "stale", "{record}");
+    // The one still alive is recovered: still running, and stoppable, never by pid alone.
+    let forever_id = forever["id"].as_str().expect("UNWRAP: id");
+    let (_, record) = daemon.get(&format!("/processes/{forever_id}")).await;
+    assert_eq!(record["state"], "running", "{record}");
+    let (status, stopped) = daemon.post(&format!("/processes/{forever_id}/stop"), json!({"grace": "5s"})).await;
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["state"], "interrupted", "{stopped}");
+    assert!(corral_proc::read_stat(forever_pid).ok().flatten().is_none_or(|s| s.is_dead()));
+    let (_, running) = daemon.get("/processes?state=running").await;
+    assert_eq!(running.as_array().map(Vec::len), Some(0), "{running}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_processes_and_exits_0() {
+    let mut daemon = Daemon::start().await;
+    let (_, record) = daemon.post("/processes", json!({"command": ["sh", "-c", "sleep 300 & wait"]})).await;
+    let pgid = record["pgid"].as_u64().expect("UNWRAP: pgid") as u32;
+    wait_until("group has 2 members", || async { crate::util::group_members(pgid).len() >= 2 }).await;
+    let status = daemon.terminate().expect("UNWRAP: was running");
+    assert_eq!(status.code(), Some(0), "signal {:?}: {}", status.signal(), daemon.log());
+    assert!(crate::util::group_members(pgid).is_empty());
+    assert!(!daemon.socket.exists(), "socket removed");
+    // The record says how it ended, and is readable by the next daemon.
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (_, after) = daemon.get(&format!("/processes/{}", record["id"].as_str().expect("UNWRAP: id"))).await;
+    assert_eq!(after["state"], "interrupted", "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_lists_the_running_daemon() {
+    let daemon = Daemon::start().await;
+    let output = daemon.cli(&["--json", "daemons"]);
+    assert!(output.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).expect("UNWRAP: json");
+    let pids: Vec<u64> = list.as_array().expect("UNWRAP: array").iter().filter_map(|e| e["pid"].as_u64()).collect();
+    assert_eq!(pids, vec![u64::from(daemon.pid())]);
+    // A dead entry is pruned on read.
+    let registry = daemon.dir.0.join("registry");
+    std::fs::write(
+        registry.join("999999.json"),
+        r#"{"pid":999999,"start_ticks":1,"boot_id":"x","socket":"/nope","state_dir":"/nope","listen":null,"version":"0","started":"x"}"#,
+    )
+    .expect("UNWRAP: write");
+    let output = daemon.cli(&["--json", "daemons"]);
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).expect("UNWRAP: json");
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert!(!registry.join("999999.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_example_config_starts_and_runs_the_example_pipeline() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let example = repo.join("examples/corral.toml");
+    let dir = TempDir::new();
+    let mut daemon = Daemon {
+        child: None,
+        state_dir: dir.0.join("state"),
+        socket: dir.0.join("state/corral.sock"),
+        config: Some(example),
+        dir,
+    };
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    assert_eq!(daemon.get("/health").await.0, 200);
+    let pipeline = repo.join("examples/pipeline.toml");
+    let output = daemon.cli(&["pipeline", "run", pipeline.to_str().expect("UNWRAP: utf8")]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("4 passed, 0 failed"));
+}

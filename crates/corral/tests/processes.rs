@@ -1,0 +1,131 @@
+//! Processes through the API and the CLI: run, stop whole trees, signals, stdin, output, labels.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::util::{group_members, wait_until, Daemon};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_run_streams_output_and_exits_with_the_childs_code() {
+    let daemon = Daemon::start().await;
+    let output = daemon.cli(&["run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("err"));
+
+    let output = daemon.cli(&["run", "--", "true"]);
+    assert_eq!(output.status.code(), Some(0));
+    let output = daemon.cli(&["run", "--", "/nonexistent/program"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not found"), "{stderr}");
+    // Killed by a signal: 128 + signal number, as shells do.
+    let output = daemon.cli(&["run", "--", "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(output.status.code(), Some(137));
+    let output = daemon.cli(&["run", "--timeout", "300ms", "--grace", "1s", "--", "sleep", "300"]);
+    assert_ne!(output.status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_leaves_nothing_of_a_tree() {
+    let daemon = Daemon::start().await;
+    let (status, record) =
+        daemon.post("/processes", json!({"command": ["sh", "-c", "sleep 300 & sleep 300 & wait"]})).await;
+    assert_eq!(status, 201, "{record}");
+    assert_eq!(record["state"], "running");
+    let pgid = record["pgid"].as_u64().expect("UNWRAP: pgid") as u32;
+    wait_until("3 members", || async { group_members(pgid).len() >= 3 }).await;
+    let members = group_members(pgid);
+    let id = record["id"].as_str().expect("UNWRAP: id");
+    let output = daemon.cli(&["stop", id]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(group_members(pgid).is_empty());
+    for pid in members {
+        assert!(corral_proc::read_stat(pid).ok().flatten().is_none_or(|s| s.is_dead()), "{pid} left");
+    }
+    let (_, after) = daemon.get(&format!("/processes/{id}")).await;
+    assert_eq!(after["state"], "interrupted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_ignoring_term_is_gone_after_the_grace() {
+    let daemon = Daemon::start().await;
+    let (_, record) = daemon.post("/processes", json!({"command": ["sh", "-c", "trap '' TERM; sleep 300 & wait"]})).await;
+    let pgid = record["pgid"].as_u64().expect("UNWRAP: pgid") as u32;
+    wait_until("2 members", || async { group_members(pgid).len() >= 2 }).await;
+    let id = record["id"].as_str().expect("UNWRAP: id");
+    let asked = Instant::now();
+    let (status, stopped) = daemon.post(&format!("/processes/{id}/stop"), json!({"grace": "500ms"})).await;
+    assert!(asked.elapsed() >= Duration::from_millis(500));
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["state"], "interrupted");
+    assert_eq!(stopped["signal"], "KILL");
+    assert!(group_members(pgid).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_stdin_output_and_labels() {
+    let daemon = Daemon::start().await;
+    let (status, record) = daemon
+        .post(
+            "/processes",
+            json!({"command": ["sh", "-c", "trap 'echo got-usr1' USR1; read line; echo \"read $line\"; while :; do sleep 0.05; done"],
+                   "stdin": true, "labels": {"session": "s1", "turn": "7"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().expect("UNWRAP: id").to_owned();
+    let (status, _) = daemon.post(&format!("/processes/{id}/stdin"), json!({"data": "hello\n"})).await;
+    assert_eq!(status, 200);
+    wait_until("stdin echoed", || async {
+        daemon.get(&format!("/processes/{id}/output")).await.1["stdout"].as_str().unwrap_or("").contains("read hello")
+    })
+    .await;
+    let output = daemon.cli(&["signal", &id, "USR1"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    wait_until("trap ran", || async {
+        daemon.get(&format!("/processes/{id}/output")).await.1["stdout"].as_str().unwrap_or("").contains("got-usr1")
+    })
+    .await;
+    let (status, err) = daemon.post(&format!("/processes/{id}/signal"), json!({"signal": "NOPE"})).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["code"], "invalid_signal");
+
+    let (_, other) = daemon.post("/processes", json!({"command": ["sleep", "300"], "labels": {"session": "s2"}})).await;
+    let (_, listed) = daemon.get("/processes?label=session%3Ds1").await;
+    let ids: Vec<&str> = listed.as_array().expect("UNWRAP: list").iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids, vec![id.as_str()]);
+    let output = daemon.cli(&["--json", "ps", "--label", "session=s2"]);
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("UNWRAP: json");
+    assert_eq!(listed[0]["id"], other["id"]);
+
+    let (status, stopped) = daemon.post(&format!("/processes/{id}/signal"), json!({"signal": 15})).await;
+    assert_eq!(status, 200, "{stopped}");
+    daemon.post(&format!("/processes/{}/stop", other["id"].as_str().expect("UNWRAP: id")), json!({})).await;
+    wait_until("exited", || async { daemon.get(&format!("/processes/{id}")).await.1["state"] == "failed" }).await;
+    let (status, err) = daemon.post(&format!("/processes/{id}/signal"), json!({"signal": "TERM"})).await;
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(err["code"], "not_running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_streams_until_exit() {
+    let daemon = Daemon::start().await;
+    let (_, record) =
+        daemon.post("/processes", json!({"command": ["sh", "-c", "echo one; sleep 0.3; echo two"]})).await;
+    let id = record["id"].as_str().expect("UNWRAP: id");
+    let output = daemon.cli(&["logs", "-f", id]);
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "one\ntwo\n");
+    let output = daemon.cli(&["logs", "--tail", "1", id]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "two\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_argv_are_redacted_in_the_record() {
+    let daemon = Daemon::start().await;
+    let (_, record) =
+        daemon.post("/processes", json!({"command": ["echo", "--password", "hunter2", "TOKEN=abc"]})).await;
+    assert_eq!(record["command"], json!(["echo", "--password", "***", "TOKEN=***"]));
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `corral` binary on temp state dirs, used as a user would.
+
+mod util;
+
+mod api;
+mod auth;
+mod lifecycle;
+mod pipelines;
+mod processes;
