@@ -92,8 +92,9 @@ pub enum UnitError {
 /// `2h 15m`.
 ///
 /// Units: `ns`, `us`/`µs`, `ms`, `s`/`sec`, `m`/`min`, `h`/`hr`, `d`/`day`, `w`/`week` and their
-/// long forms. `0` alone is accepted (zero needs no unit); any other bare number, a negative value and
-/// the empty string are refused with a message that shows the expected form.
+/// long forms. `0` alone is accepted (zero needs no unit); any other bare number, a negative value, the
+/// empty string, and months and years (no fixed length; `5M` would read as months) are refused with a
+/// message that shows the expected form.
 ///
 /// ```
 /// use std::time::Duration;
@@ -124,6 +125,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
             input: trimmed.to_owned(),
         });
     }
+    if let Some(unit) = calendar_unit(trimmed) {
+        return Err(UnitError::Invalid {
+            kind,
+            input: text.to_owned(),
+            reason: format!("{unit:?} is a calendar unit with no fixed length (and \"M\" is not minutes): use days, such as \"30d\""),
+        });
+    }
     humantime::parse_duration(trimmed).map_err(|err| match err {
         humantime::DurationError::NumberOverflow if !has_sub_nanosecond_fraction(trimmed) => UnitError::Overflow {
             kind,
@@ -135,6 +143,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
             reason: err.to_string(),
         },
     })
+}
+
+/// The first month or year unit in `text`, which humantime would accept (`5M` is five months there).
+fn calendar_unit(text: &str) -> Option<&str> {
+    text.split(|c: char| !c.is_alphabetic())
+        .find(|unit| matches!(*unit, "M" | "month" | "months" | "y" | "yr" | "yrs" | "year" | "years"))
 }
 
 /// True for `123` and `1.5`: digits with at most one dot and nothing else.
@@ -564,7 +578,7 @@ mod tests {
         assert!(matches!(negative, UnitError::Negative { .. }));
         assert!(negative.to_string().contains("negative"), "{negative}");
 
-        for bad in ["5 parsecs", "s", "abc", "1x", "5s!"] {
+        for bad in ["5 parsecs", "s", "abc", "1x", "5s!", "5M", "1y", "2months", "1h 1year"] {
             let err = parse_duration(bad).expect_err("should be refused");
             assert!(matches!(err, UnitError::Invalid { .. }), "{bad}: {err:?}");
             assert!(err.to_string().contains(bad), "{err}");

@@ -609,7 +609,6 @@ struct Sample {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
-    ok: u64,
     errors: BTreeMap<String, u64>,
     cpu: CpuUse,
     /// POST only: from the end of the load until no process was recorded as running.
@@ -656,7 +655,6 @@ impl Bench {
             p50_ms: percentile_ms(&tally.latencies, 50.0),
             p99_ms: percentile_ms(&tally.latencies, 99.0),
             max_ms: tally.latencies.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
-            ok: tally.ok,
             errors: tally.errors,
             cpu: CpuUse::between(before, after, tally.ok, self.tick_us),
             drain_ms,
@@ -850,7 +848,7 @@ fn run() -> Result<()> {
         if !forward {
             raw_order.reverse();
         }
-        let mut run_raw = |results: &mut Results| -> Result<()> {
+        let run_raw = |results: &mut Results| -> Result<()> {
             for &w in &raw_order {
                 if let Ok(rates) = &mut results.raw[w] {
                     match raw_spawn_rate(RAW_WORKERS[w], settings.secs) {

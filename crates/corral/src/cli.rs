@@ -18,7 +18,13 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "CORRAL_URL", value_name = "URL")]
     pub(crate) url: Option<String>,
     /// Bearer token for --url.
-    #[arg(long, global = true, env = "CORRAL_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CORRAL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub(crate) token: Option<String>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]

@@ -1,5 +1,5 @@
 //! The CLI side: finds the daemon, sends requests, prints answers.
 
 pub(crate) mod commands;
-pub(crate) mod transport;
 pub(crate) mod progress;
+pub(crate) mod transport;

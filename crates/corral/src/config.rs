@@ -65,13 +65,20 @@ impl Config {
     pub(crate) fn summary(&self) -> String {
         format!(
             "config {}; tools_dir {}; services_dir {}; job_ttl {}s; {} token(s); {} notifier(s); github webhook {}",
-            self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(built-in defaults)".into()),
+            self.source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(built-in defaults)".into()),
             self.tools_dir.display(),
             self.services_dir.display(),
             self.job_ttl.as_secs(),
             self.tokens.len(),
             self.notify.len(),
-            if self.github_webhook.is_some() { "configured" } else { "off" },
+            if self.github_webhook.is_some() {
+                "configured"
+            } else {
+                "off"
+            },
         )
     }
 }
@@ -128,8 +135,11 @@ pub(crate) fn default_state_dir() -> PathBuf {
 
 /// The state dir from the flag or `$CORRAL_STATE_DIR`, if either is given.
 pub(crate) fn state_dir_override(flag: Option<&Path>) -> Option<PathBuf> {
-    flag.map(Path::to_owned)
-        .or_else(|| std::env::var_os("CORRAL_STATE_DIR").filter(|v| !v.is_empty()).map(PathBuf::from))
+    flag.map(Path::to_owned).or_else(|| {
+        std::env::var_os("CORRAL_STATE_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 impl Config {
@@ -153,8 +163,15 @@ impl Config {
         Config::resolve(parse(path, text)?, Some(path.to_owned()), None)
     }
 
-    fn resolve(file: ConfigFile, source: Option<PathBuf>, state_dir_flag: Option<&Path>) -> Result<Config, ConfigError> {
-        let name = source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+    fn resolve(
+        file: ConfigFile,
+        source: Option<PathBuf>,
+        state_dir_flag: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let name = source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into());
         // Relative paths and default dirs live next to the config file (or where it would be).
         let base = source
             .as_ref()
@@ -193,8 +210,14 @@ impl Config {
             }
         }
         for (idx, token) in file.token.iter().enumerate() {
-            let sources =
-                [token.secret_env.is_some(), token.secret_file.is_some(), token.sha256.is_some()].iter().filter(|b| **b).count();
+            let sources = [
+                token.secret_env.is_some(),
+                token.secret_file.is_some(),
+                token.sha256.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if sources != 1 {
                 return Err(ConfigError(format!(
                     "{name}: [[token]] #{} ({:?}): give exactly one of secret_env, secret_file, sha256",
@@ -203,9 +226,8 @@ impl Config {
                 )));
             }
             for scope in &token.allow {
-                crate::daemon::auth::Scope::parse(scope).map_err(|err| {
-                    ConfigError(format!("{name}: [[token]] {:?}: key `allow`: {err}", token.name))
-                })?;
+                crate::daemon::auth::Scope::parse(scope)
+                    .map_err(|err| ConfigError(format!("{name}: [[token]] {:?}: key `allow`: {err}", token.name)))?;
             }
         }
         if let Some(github) = file.webhook.as_ref().and_then(|w| w.github.as_ref()) {
@@ -216,7 +238,9 @@ impl Config {
                     )))
                 }
                 Some(var) if var.trim().is_empty() => {
-                    return Err(ConfigError(format!("{name}: [webhook.github]: key `secret_env` is empty")))
+                    return Err(ConfigError(format!(
+                        "{name}: [webhook.github]: key `secret_env` is empty"
+                    )))
                 }
                 Some(_) => {}
             }
@@ -229,7 +253,10 @@ impl Config {
                 )));
             }
             if notify.url_env.is_none() && notify.url.is_none() {
-                return Err(ConfigError(format!("{name}: [[notify]] {:?}: give `url_env` or `url`", notify.kind)));
+                return Err(ConfigError(format!(
+                    "{name}: [[notify]] {:?}: give `url_env` or `url`",
+                    notify.kind
+                )));
             }
         }
         let tokens = file
@@ -315,8 +342,11 @@ url_env = "HOOK"
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let err = Config::from_str(Path::new("/cfg/corral.toml"), "listen = \"127.0.0.1:1\"\nbogus_key = 1\n")
-            .expect_err("UNWRAP: unknown key");
+        let err = Config::from_str(
+            Path::new("/cfg/corral.toml"),
+            "listen = \"127.0.0.1:1\"\nbogus_key = 1\n",
+        )
+        .expect_err("UNWRAP: unknown key");
         let text = err.to_string();
         assert!(text.starts_with("/cfg/corral.toml:2:"), "{text}");
         assert!(text.contains("bogus_key"), "{text}");
@@ -328,8 +358,11 @@ url_env = "HOOK"
         assert!(err.to_string().contains("listen"), "{err}");
         let err = Config::from_str(Path::new("/c.toml"), "[[token]]\nname = \"x\"\n").expect_err("UNWRAP: no secret");
         assert!(err.to_string().contains("secret_env"), "{err}");
-        let err = Config::from_str(Path::new("/c.toml"), "[[token]]\nname = \"x\"\nsha256 = \"ab\"\nallow = [\"root\"]\n")
-            .expect_err("UNWRAP: bad scope");
+        let err = Config::from_str(
+            Path::new("/c.toml"),
+            "[[token]]\nname = \"x\"\nsha256 = \"ab\"\nallow = [\"root\"]\n",
+        )
+        .expect_err("UNWRAP: bad scope");
         assert!(err.to_string().contains("allow"), "{err}");
     }
 }

@@ -15,6 +15,7 @@ pub(crate) mod openapi;
 pub(crate) mod pipelines;
 pub(crate) mod registry;
 pub(crate) mod server;
+pub(crate) mod timed_store;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +97,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 
     let bus = EventBus::new();
     let metrics = Arc::new(metrics::Metrics::default());
+    let store: Arc<dyn Store> = Arc::new(timed_store::TimedStore::new(store, metrics.clone()));
     {
         let metrics = metrics.clone();
         let mut events = bus.subscribe();
@@ -111,7 +113,11 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     }
     let processes = ProcessManager::new(store.clone(), bus.clone());
     let reconcile = processes.reconcile().context("reconciling process records")?;
-    tracing::info!(recovered = reconcile.recovered, stale = reconcile.stale, "process records reconciled");
+    tracing::info!(
+        recovered = reconcile.recovered,
+        stale = reconcile.stale,
+        "process records reconciled"
+    );
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
@@ -145,7 +151,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
     if let Some(listen) = &config.listen {
-        let tcp = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let tcp = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let app = server::tcp_app(state.clone());
         let mut stop = shutdown_rx.clone();
         tracing::info!(address = %listen, "listening on TCP (token required)");
@@ -160,7 +168,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 
     let entry = registry::DaemonEntry {
         pid: std::process::id(),
-        start_ticks: corral_proc::ProcessIdentity::of(std::process::id()).map(|i| i.start_ticks).unwrap_or(0),
+        start_ticks: corral_proc::ProcessIdentity::of(std::process::id())
+            .map(|i| i.start_ticks)
+            .unwrap_or(0),
         boot_id: corral_proc::boot_id().map(str::to_owned).unwrap_or_default(),
         socket: socket_path.clone(),
         state_dir: config.state_dir.clone(),
@@ -209,5 +219,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn config_name(config: &Config) -> String {
-    config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "config".into())
+    config
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "config".into())
 }

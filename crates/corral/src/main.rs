@@ -36,7 +36,8 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("corral: {err:#}");
             }
-            if err.downcast_ref::<config::ConfigError>().is_some() || err.downcast_ref::<daemon::UsageError>().is_some() {
+            if err.downcast_ref::<config::ConfigError>().is_some() || err.downcast_ref::<daemon::UsageError>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

@@ -14,26 +14,41 @@ async fn errors_are_json_with_a_code() {
     assert!(body["error"].is_string());
     let (status, body) = daemon.get("/processes/does-not-exist").await;
     assert_eq!(status, 404, "{body}");
-    let (status, body) =
-        request_unix(&daemon.socket, Method::POST, "/processes", Some("{not json".into()), None).await.expect("UNWRAP: answer");
+    let (status, body) = request_unix(
+        &daemon.socket,
+        Method::POST,
+        "/processes",
+        Some("{not json".into()),
+        None,
+    )
+    .await
+    .expect("UNWRAP: answer");
     assert_eq!(status, 400);
     assert_eq!(body["code"], "invalid_json");
     let (status, body) = daemon.post("/processes", json!({"command": []})).await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = daemon.post("/processes", json!({"command": ["true"], "bogus": 1})).await;
+    let (status, body) = daemon
+        .post("/processes", json!({"command": ["true"], "bogus": 1}))
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap_or("").contains("bogus"));
-    let (status, body) = daemon.post("/processes", json!({"command": ["true"], "timeout": "soon"})).await;
+    let (status, body) = daemon
+        .post("/processes", json!({"command": ["true"], "timeout": "soon"}))
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap_or("").contains("timeout"));
     let (status, body) = daemon.get("/processes?state=sideways").await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = request_unix(&daemon.socket, Method::DELETE, "/health", None, None).await.expect("UNWRAP: answer");
+    let (status, body) = request_unix(&daemon.socket, Method::DELETE, "/health", None, None)
+        .await
+        .expect("UNWRAP: answer");
     assert_eq!(status, 405, "{body}");
     assert_eq!(body["code"], "method_not_allowed");
     // Over the body limit.
     let huge = json!({"command": ["echo", "x".repeat(2 * 1024 * 1024)]}).to_string();
-    let (status, body) = request_unix(&daemon.socket, Method::POST, "/processes", Some(huge), None).await.expect("UNWRAP: answer");
+    let (status, body) = request_unix(&daemon.socket, Method::POST, "/processes", Some(huge), None)
+        .await
+        .expect("UNWRAP: answer");
     assert_eq!(status, 413, "{body}");
     assert!(body["code"].is_string());
 }
@@ -52,14 +67,19 @@ async fn health_metrics_and_events() {
     let events = tokio::spawn(async move {
         let mut subscribed_tx = Some(subscribed_tx);
         let stream = tokio::net::UnixStream::connect(&socket).await.expect("UNWRAP: connect");
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("UNWRAP: http");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("UNWRAP: http");
         tokio::spawn(connection);
         let request = hyper::Request::get("/events")
             .header("host", "localhost")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .expect("UNWRAP: request");
-        let mut body = sender.send_request(request).await.expect("UNWRAP: response").into_body();
+        let mut body = sender
+            .send_request(request)
+            .await
+            .expect("UNWRAP: response")
+            .into_body();
         let mut seen = String::new();
         while !seen.contains("event: process.exited") {
             use http_body_util::BodyExt;
@@ -85,7 +105,10 @@ async fn health_metrics_and_events() {
         .expect("UNWRAP: subscribed");
     let (status, _) = daemon.post("/processes", json!({"command": ["true"]})).await;
     assert_eq!(status, 201);
-    let seen = tokio::time::timeout(std::time::Duration::from_secs(30), events).await.expect("UNWRAP: events").expect("UNWRAP: task");
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(30), events)
+        .await
+        .expect("UNWRAP: events")
+        .expect("UNWRAP: task");
     assert!(seen.contains("event: process.started"), "{seen}");
     assert!(seen.contains("event: process.exited"), "{seen}");
 
@@ -94,7 +117,10 @@ async fn health_metrics_and_events() {
     let text = metrics.as_str().expect("UNWRAP: text");
     assert!(text.contains("corral_process_starts_total 1"), "{text}");
     assert!(text.contains("corral_processes{state=\"completed\"} 1"), "{text}");
-    assert!(text.contains("corral_http_requests_total{route=\"/processes\",method=\"POST\",status=\"201\"} 1"), "{text}");
+    assert!(
+        text.contains("corral_http_requests_total{route=\"/processes\",method=\"POST\",status=\"201\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("corral_store_operation_seconds_count"), "{text}");
 
     let (status, doc) = daemon.get("/openapi.json").await;

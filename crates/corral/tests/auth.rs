@@ -13,7 +13,12 @@ async fn tcp_without_any_token_configured_is_refused_at_start() {
     let config = dir.0.join("corral.toml");
     std::fs::write(&config, format!("listen = \"127.0.0.1:{}\"\n", free_port())).expect("UNWRAP: write");
     let mut command = std::process::Command::new(bin());
-    command.arg("daemon").arg("--config").arg(&config).arg("--state-dir").arg(dir.0.join("state"));
+    command
+        .arg("daemon")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.0.join("state"));
     isolate(&mut command, &dir.0);
     let output = command.stdin(Stdio::null()).output().expect("UNWRAP: run");
     assert_eq!(output.status.code(), Some(2));
@@ -46,25 +51,43 @@ allow = ["read", "processes"]
     let body = || Some(json!({"command": ["true"]}).to_string());
 
     // Probes answer without a token and reveal nothing secret.
-    let (status, _) = request_tcp(&addr, Method::GET, "/health", None, None).await.expect("UNWRAP: tcp");
+    let (status, _) = request_tcp(&addr, Method::GET, "/health", None, None)
+        .await
+        .expect("UNWRAP: tcp");
     assert_eq!(status, 200);
-    let (status, _) = request_tcp(&addr, Method::GET, "/ready", None, None).await.expect("UNWRAP: tcp");
+    let (status, _) = request_tcp(&addr, Method::GET, "/ready", None, None)
+        .await
+        .expect("UNWRAP: tcp");
     assert_eq!(status, 200);
     // Everything else needs a valid token.
-    for (method, path) in [(Method::GET, "/processes"), (Method::GET, "/metrics"), (Method::POST, "/processes")] {
-        let (status, err) = request_tcp(&addr, method.clone(), path, body(), None).await.expect("UNWRAP: tcp");
+    for (method, path) in [
+        (Method::GET, "/processes"),
+        (Method::GET, "/metrics"),
+        (Method::POST, "/processes"),
+    ] {
+        let (status, err) = request_tcp(&addr, method.clone(), path, body(), None)
+            .await
+            .expect("UNWRAP: tcp");
         assert_eq!(status, 401, "{method} {path}: {err}");
         assert_eq!(err["code"], "unauthorized");
-        let (status, _) = request_tcp(&addr, method, path, body(), Some("wrong-secret-0123456789")).await.expect("UNWRAP: tcp");
+        let (status, _) = request_tcp(&addr, method, path, body(), Some("wrong-secret-0123456789"))
+            .await
+            .expect("UNWRAP: tcp");
         assert_eq!(status, 401);
     }
     // In scope vs out of scope.
-    let (status, _) = request_tcp(&addr, Method::GET, "/processes", None, Some(reader)).await.expect("UNWRAP: tcp");
+    let (status, _) = request_tcp(&addr, Method::GET, "/processes", None, Some(reader))
+        .await
+        .expect("UNWRAP: tcp");
     assert_eq!(status, 200);
-    let (status, err) = request_tcp(&addr, Method::POST, "/processes", body(), Some(reader)).await.expect("UNWRAP: tcp");
+    let (status, err) = request_tcp(&addr, Method::POST, "/processes", body(), Some(reader))
+        .await
+        .expect("UNWRAP: tcp");
     assert_eq!(status, 403, "{err}");
     assert_eq!(err["code"], "forbidden");
-    let (status, record) = request_tcp(&addr, Method::POST, "/processes", body(), Some(runner)).await.expect("UNWRAP: tcp");
+    let (status, record) = request_tcp(&addr, Method::POST, "/processes", body(), Some(runner))
+        .await
+        .expect("UNWRAP: tcp");
     assert_eq!(status, 201, "{record}");
     // The CLI over TCP.
     let output = daemon.cli_tcp(&addr, runner, &["--json", "ps"]);

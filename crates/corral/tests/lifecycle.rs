@@ -12,20 +12,43 @@ use crate::util::{bin, isolate, wait_until, Daemon, TempDir};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_state_dir_exits_at_once_and_touches_nothing() {
     let daemon = Daemon::start().await;
-    let db_before = std::fs::metadata(daemon.state_dir.join("corral.db")).expect("UNWRAP: db").len();
+    let db_before = std::fs::metadata(daemon.state_dir.join("corral.db"))
+        .expect("UNWRAP: db")
+        .len();
     let lock_before = std::fs::read_to_string(daemon.state_dir.join("corral.lock")).expect("UNWRAP: lock");
     let started = Instant::now();
-    let output = daemon.daemon_command().stdin(Stdio::null()).output().expect("UNWRAP: run second daemon");
-    assert!(started.elapsed() < Duration::from_secs(20), "the second daemon must not wait for the lock");
+    let output = daemon
+        .daemon_command()
+        .stdin(Stdio::null())
+        .output()
+        .expect("UNWRAP: run second daemon");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the second daemon must not wait for the lock"
+    );
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.trim().lines().last().unwrap_or("");
-    assert!(last.starts_with("corral: ") && last.contains(&format!("pid {}", daemon.pid())), "{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        last.starts_with("corral: ") && last.contains(&format!("pid {}", daemon.pid())),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
     // The first is undisturbed: same lock content, socket still answers.
-    assert_eq!(std::fs::read_to_string(daemon.state_dir.join("corral.lock")).expect("UNWRAP: lock"), lock_before);
+    assert_eq!(
+        std::fs::read_to_string(daemon.state_dir.join("corral.lock")).expect("UNWRAP: lock"),
+        lock_before
+    );
     assert_eq!(daemon.get("/health").await.0, 200);
-    assert!(std::fs::metadata(daemon.state_dir.join("corral.db")).expect("UNWRAP: db").len() >= db_before);
+    assert!(
+        std::fs::metadata(daemon.state_dir.join("corral.db"))
+            .expect("UNWRAP: db")
+            .len()
+            >= db_before
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +92,12 @@ async fn bad_config_exits_2_naming_file_and_line() {
     let config = dir.0.join("corral.toml");
     std::fs::write(&config, "job_ttl = \"5m\"\nlisten_addr = \"127.0.0.1:1\"\n").expect("UNWRAP: write");
     let mut command = std::process::Command::new(bin());
-    command.arg("daemon").arg("--config").arg(&config).arg("--state-dir").arg(dir.0.join("state"));
+    command
+        .arg("daemon")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.0.join("state"));
     isolate(&mut command, &dir.0);
     let output = command.stdin(Stdio::null()).output().expect("UNWRAP: run");
     assert_eq!(output.status.code(), Some(2));
@@ -84,7 +112,12 @@ async fn bad_config_exits_2_naming_file_and_line() {
     command.arg("daemon").arg("--config").arg(dir.0.join("missing.toml"));
     isolate(&mut command, &dir.0);
     let output = command.stdin(Stdio::null()).output().expect("UNWRAP: run");
-    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +137,9 @@ async fn without_a_daemon_the_cli_says_so_in_one_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_then_restart_comes_up_healthy_with_no_record_left_running() {
     let mut daemon = Daemon::start().await;
-    let (status, short) = daemon.post("/processes", json!({"command": ["sh", "-c", "exit 0"]})).await;
+    let (status, short) = daemon
+        .post("/processes", json!({"command": ["sh", "-c", "exit 0"]}))
+        .await;
     assert_eq!(status, 201, "{short}");
     let (status, long) = daemon.post("/processes", json!({"command": ["sleep", "0.5"]})).await;
     assert_eq!(status, 201, "{long}");
@@ -118,16 +153,23 @@ async fn kill_9_then_restart_comes_up_healthy_with_no_record_left_running() {
     daemon.wait_ready().await;
     let (status, health) = daemon.get("/health").await;
     assert_eq!(status, 200, "{health}");
-    let (_, record) = daemon.get(&format!("/processes/{}", long["id"].as_str().expect("UNWRAP: id"))).await;
+    let (_, record) = daemon
+        .get(&format!("/processes/{}", long["id"].as_str().expect("UNWRAP: id")))
+        .await;
     assert_eq!(record["state"], "stale", "{record}");
     // The one still alive is recovered: still running, and stoppable, never by pid alone.
     let forever_id = forever["id"].as_str().expect("UNWRAP: id");
     let (_, record) = daemon.get(&format!("/processes/{forever_id}")).await;
     assert_eq!(record["state"], "running", "{record}");
-    let (status, stopped) = daemon.post(&format!("/processes/{forever_id}/stop"), json!({"grace": "5s"})).await;
+    let (status, stopped) = daemon
+        .post(&format!("/processes/{forever_id}/stop"), json!({"grace": "5s"}))
+        .await;
     assert_eq!(status, 200, "{stopped}");
     assert_eq!(stopped["state"], "interrupted", "{stopped}");
-    assert!(corral_proc::read_stat(forever_pid).ok().flatten().is_none_or(|s| s.is_dead()));
+    assert!(corral_proc::read_stat(forever_pid)
+        .ok()
+        .flatten()
+        .is_none_or(|s| s.is_dead()));
     let (_, running) = daemon.get("/processes?state=running").await;
     assert_eq!(running.as_array().map(Vec::len), Some(0), "{running}");
 }
@@ -135,9 +177,14 @@ async fn kill_9_then_restart_comes_up_healthy_with_no_record_left_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_processes_and_exits_0() {
     let mut daemon = Daemon::start().await;
-    let (_, record) = daemon.post("/processes", json!({"command": ["sh", "-c", "sleep 300 & wait"]})).await;
+    let (_, record) = daemon
+        .post("/processes", json!({"command": ["sh", "-c", "sleep 300 & wait"]}))
+        .await;
     let pgid = record["pgid"].as_u64().expect("UNWRAP: pgid") as u32;
-    wait_until("group has 2 members", || async { crate::util::group_members(pgid).len() >= 2 }).await;
+    wait_until("group has 2 members", || async {
+        crate::util::group_members(pgid).len() >= 2
+    })
+    .await;
     let status = daemon.terminate().expect("UNWRAP: was running");
     assert_eq!(status.code(), Some(0), "signal {:?}: {}", status.signal(), daemon.log());
     assert!(crate::util::group_members(pgid).is_empty());
@@ -145,7 +192,9 @@ async fn sigterm_stops_processes_and_exits_0() {
     // The record says how it ended, and is readable by the next daemon.
     daemon.spawn(&[]);
     daemon.wait_ready().await;
-    let (_, after) = daemon.get(&format!("/processes/{}", record["id"].as_str().expect("UNWRAP: id"))).await;
+    let (_, after) = daemon
+        .get(&format!("/processes/{}", record["id"].as_str().expect("UNWRAP: id")))
+        .await;
     assert_eq!(after["state"], "interrupted", "{after}");
 }
 
@@ -155,7 +204,12 @@ async fn daemons_lists_the_running_daemon() {
     let output = daemon.cli(&["--json", "daemons"]);
     assert!(output.status.success());
     let list: serde_json::Value = serde_json::from_slice(&output.stdout).expect("UNWRAP: json");
-    let pids: Vec<u64> = list.as_array().expect("UNWRAP: array").iter().filter_map(|e| e["pid"].as_u64()).collect();
+    let pids: Vec<u64> = list
+        .as_array()
+        .expect("UNWRAP: array")
+        .iter()
+        .filter_map(|e| e["pid"].as_u64())
+        .collect();
     assert_eq!(pids, vec![u64::from(daemon.pid())]);
     // A dead entry is pruned on read.
     let registry = daemon.dir.0.join("registry");
@@ -187,6 +241,11 @@ async fn the_bundled_example_config_starts_and_runs_the_example_pipeline() {
     assert_eq!(daemon.get("/health").await.0, 200);
     let pipeline = repo.join("examples/pipeline.toml");
     let output = daemon.cli(&["pipeline", "run", pipeline.to_str().expect("UNWRAP: utf8")]);
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("4 passed, 0 failed"));
 }

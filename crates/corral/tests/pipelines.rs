@@ -34,7 +34,12 @@ allow_failure = true
     )
     .expect("UNWRAP: write");
     let output = daemon.cli(&["pipeline", "run", file.to_str().expect("UNWRAP: utf8")]);
-    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("2 passed, 1 failed, 1 skipped"), "{stdout}");
     // Steps ran in the file's folder; the skipped one never ran.
@@ -47,10 +52,18 @@ allow_failure = true
     assert_eq!(records[0]["exit_code"], 2);
 
     let ok = daemon.dir.0.join("ok.toml");
-    std::fs::write(&ok, "[[step]]\nname = \"a\"\ncommand = [\"true\"]\n[[step]]\nname = \"b\"\ncommand = [\"true\"]\nafter = [\"a\"]\n")
-        .expect("UNWRAP: write");
+    std::fs::write(
+        &ok,
+        "[[step]]\nname = \"a\"\ncommand = [\"true\"]\n[[step]]\nname = \"b\"\ncommand = [\"true\"]\nafter = [\"a\"]\n",
+    )
+    .expect("UNWRAP: write");
     let output = daemon.cli(&["pipeline", "run", ok.to_str().expect("UNWRAP: utf8")]);
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,10 +83,15 @@ async fn invalid_pipelines_are_refused_before_anything_runs() {
     assert!(error.contains("->"), "cycle named: {error}");
     assert!(!marker.exists());
 
-    let (status, created) = daemon.post("/pipelines", json!({"steps": [{"name": "x", "command": ["true"]}]})).await;
+    let (status, created) = daemon
+        .post("/pipelines", json!({"steps": [{"name": "x", "command": ["true"]}]}))
+        .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().expect("UNWRAP: id").to_owned();
-    wait_until("pipeline finished", || async { daemon.get(&format!("/pipelines/{id}")).await.1["state"] == "finished" }).await;
+    wait_until("pipeline finished", || async {
+        daemon.get(&format!("/pipelines/{id}")).await.1["state"] == "finished"
+    })
+    .await;
     let (_, status_body) = daemon.get(&format!("/pipelines/{id}")).await;
     assert_eq!(status_body["success"], true, "{status_body}");
     assert_eq!(status_body["steps"][0]["status"], "passed");

@@ -10,7 +10,12 @@ use crate::util::{group_members, wait_until, Daemon};
 async fn corral_run_streams_output_and_exits_with_the_childs_code() {
     let daemon = Daemon::start().await;
     let output = daemon.cli(&["run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
-    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&output.stdout), "out\n");
     assert!(String::from_utf8_lossy(&output.stderr).contains("err"));
 
@@ -30,8 +35,12 @@ async fn corral_run_streams_output_and_exits_with_the_childs_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_leaves_nothing_of_a_tree() {
     let daemon = Daemon::start().await;
-    let (status, record) =
-        daemon.post("/processes", json!({"command": ["sh", "-c", "sleep 300 & sleep 300 & wait"]})).await;
+    let (status, record) = daemon
+        .post(
+            "/processes",
+            json!({"command": ["sh", "-c", "sleep 300 & sleep 300 & wait"]}),
+        )
+        .await;
     assert_eq!(status, 201, "{record}");
     assert_eq!(record["state"], "running");
     let pgid = record["pgid"].as_u64().expect("UNWRAP: pgid") as u32;
@@ -42,7 +51,10 @@ async fn stop_leaves_nothing_of_a_tree() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(group_members(pgid).is_empty());
     for pid in members {
-        assert!(corral_proc::read_stat(pid).ok().flatten().is_none_or(|s| s.is_dead()), "{pid} left");
+        assert!(
+            corral_proc::read_stat(pid).ok().flatten().is_none_or(|s| s.is_dead()),
+            "{pid} left"
+        );
     }
     let (_, after) = daemon.get(&format!("/processes/{id}")).await;
     assert_eq!(after["state"], "interrupted");
@@ -51,12 +63,19 @@ async fn stop_leaves_nothing_of_a_tree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_ignoring_term_is_gone_after_the_grace() {
     let daemon = Daemon::start().await;
-    let (_, record) = daemon.post("/processes", json!({"command": ["sh", "-c", "trap '' TERM; sleep 300 & wait"]})).await;
+    let (_, record) = daemon
+        .post(
+            "/processes",
+            json!({"command": ["sh", "-c", "trap '' TERM; sleep 300 & wait"]}),
+        )
+        .await;
     let pgid = record["pgid"].as_u64().expect("UNWRAP: pgid") as u32;
     wait_until("2 members", || async { group_members(pgid).len() >= 2 }).await;
     let id = record["id"].as_str().expect("UNWRAP: id");
     let asked = Instant::now();
-    let (status, stopped) = daemon.post(&format!("/processes/{id}/stop"), json!({"grace": "500ms"})).await;
+    let (status, stopped) = daemon
+        .post(&format!("/processes/{id}/stop"), json!({"grace": "500ms"}))
+        .await;
     assert!(asked.elapsed() >= Duration::from_millis(500));
     assert_eq!(status, 200, "{stopped}");
     assert_eq!(stopped["state"], "interrupted");
@@ -76,35 +95,67 @@ async fn signal_stdin_output_and_labels() {
         .await;
     assert_eq!(status, 201, "{record}");
     let id = record["id"].as_str().expect("UNWRAP: id").to_owned();
-    let (status, _) = daemon.post(&format!("/processes/{id}/stdin"), json!({"data": "hello\n"})).await;
+    let (status, _) = daemon
+        .post(&format!("/processes/{id}/stdin"), json!({"data": "hello\n"}))
+        .await;
     assert_eq!(status, 200);
     wait_until("stdin echoed", || async {
-        daemon.get(&format!("/processes/{id}/output")).await.1["stdout"].as_str().unwrap_or("").contains("read hello")
+        daemon.get(&format!("/processes/{id}/output")).await.1["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains("read hello")
     })
     .await;
     let output = daemon.cli(&["signal", &id, "USR1"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     wait_until("trap ran", || async {
-        daemon.get(&format!("/processes/{id}/output")).await.1["stdout"].as_str().unwrap_or("").contains("got-usr1")
+        daemon.get(&format!("/processes/{id}/output")).await.1["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains("got-usr1")
     })
     .await;
-    let (status, err) = daemon.post(&format!("/processes/{id}/signal"), json!({"signal": "NOPE"})).await;
+    let (status, err) = daemon
+        .post(&format!("/processes/{id}/signal"), json!({"signal": "NOPE"}))
+        .await;
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["code"], "invalid_signal");
 
-    let (_, other) = daemon.post("/processes", json!({"command": ["sleep", "300"], "labels": {"session": "s2"}})).await;
+    let (_, other) = daemon
+        .post(
+            "/processes",
+            json!({"command": ["sleep", "300"], "labels": {"session": "s2"}}),
+        )
+        .await;
     let (_, listed) = daemon.get("/processes?label=session%3Ds1").await;
-    let ids: Vec<&str> = listed.as_array().expect("UNWRAP: list").iter().filter_map(|r| r["id"].as_str()).collect();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .expect("UNWRAP: list")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
     assert_eq!(ids, vec![id.as_str()]);
     let output = daemon.cli(&["--json", "ps", "--label", "session=s2"]);
     let listed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("UNWRAP: json");
     assert_eq!(listed[0]["id"], other["id"]);
 
-    let (status, stopped) = daemon.post(&format!("/processes/{id}/signal"), json!({"signal": 15})).await;
+    let (status, stopped) = daemon
+        .post(&format!("/processes/{id}/signal"), json!({"signal": 15}))
+        .await;
     assert_eq!(status, 200, "{stopped}");
-    daemon.post(&format!("/processes/{}/stop", other["id"].as_str().expect("UNWRAP: id")), json!({})).await;
-    wait_until("exited", || async { daemon.get(&format!("/processes/{id}")).await.1["state"] == "failed" }).await;
-    let (status, err) = daemon.post(&format!("/processes/{id}/signal"), json!({"signal": "TERM"})).await;
+    daemon
+        .post(
+            &format!("/processes/{}/stop", other["id"].as_str().expect("UNWRAP: id")),
+            json!({}),
+        )
+        .await;
+    wait_until("exited", || async {
+        daemon.get(&format!("/processes/{id}")).await.1["state"] == "failed"
+    })
+    .await;
+    let (status, err) = daemon
+        .post(&format!("/processes/{id}/signal"), json!({"signal": "TERM"}))
+        .await;
     assert_eq!(status, 409, "{err}");
     assert_eq!(err["code"], "not_running");
 }
@@ -112,8 +163,12 @@ async fn signal_stdin_output_and_labels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_follow_streams_until_exit() {
     let daemon = Daemon::start().await;
-    let (_, record) =
-        daemon.post("/processes", json!({"command": ["sh", "-c", "echo one; sleep 0.3; echo two"]})).await;
+    let (_, record) = daemon
+        .post(
+            "/processes",
+            json!({"command": ["sh", "-c", "echo one; sleep 0.3; echo two"]}),
+        )
+        .await;
     let id = record["id"].as_str().expect("UNWRAP: id");
     let output = daemon.cli(&["logs", "-f", id]);
     assert!(output.status.success());
@@ -125,7 +180,66 @@ async fn logs_follow_streams_until_exit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_in_argv_are_redacted_in_the_record() {
     let daemon = Daemon::start().await;
-    let (_, record) =
-        daemon.post("/processes", json!({"command": ["echo", "--password", "hunter2", "TOKEN=abc"]})).await;
+    let (_, record) = daemon
+        .post(
+            "/processes",
+            json!({"command": ["echo", "--password", "hunter2", "TOKEN=abc"]}),
+        )
+        .await;
     assert_eq!(record["command"], json!(["echo", "--password", "***", "TOKEN=***"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_corral_run_stops_the_process_tree() {
+    let daemon = Daemon::start().await;
+    let mut command = std::process::Command::new(crate::util::bin());
+    crate::util::isolate(&mut command, &daemon.dir.0);
+    let mut cli = command
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args([
+            "run",
+            "--label",
+            "test=ctrl-c",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 300 & wait",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("UNWRAP: spawn corral run");
+    let pgid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    wait_until("process running", || {
+        let pgid = pgid.clone();
+        let daemon = &daemon;
+        async move {
+            let (_, list) = daemon.get("/processes?label=test%3Dctrl-c&state=running").await;
+            let found = list[0]["pgid"].as_u64().unwrap_or(0) as u32;
+            pgid.store(found, std::sync::atomic::Ordering::SeqCst);
+            found != 0 && group_members(found).len() >= 2
+        }
+    })
+    .await;
+    let pgid = pgid.load(std::sync::atomic::Ordering::SeqCst);
+    let _ = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(cli.id().to_string())
+        .status();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = cli.try_wait().expect("UNWRAP: wait") {
+            break status;
+        }
+        assert!(
+            start.elapsed() < crate::util::DEADLINE,
+            "corral run did not end after Ctrl-C"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(128 + 15), "the child died of the stop's TERM");
+    assert!(group_members(pgid).is_empty());
+    let (_, list) = daemon.get("/processes?label=test%3Dctrl-c").await;
+    assert_eq!(list[0]["state"], "interrupted", "{list}");
 }

@@ -94,7 +94,10 @@ impl Daemon {
         for (k, v) in env {
             command.env(k, v);
         }
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let log = std::fs::File::create(self.dir.0.join("daemon.log")).expect("UNWRAP: log file");
         command.stderr(log);
         self.child = Some(command.spawn().expect("UNWRAP: spawn corral daemon"));
@@ -125,16 +128,25 @@ impl Daemon {
         }
     }
 
-    pub(crate) async fn try_request(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+    pub(crate) async fn try_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         request_unix(&self.socket, method, path, body.map(|b| b.to_string()), None).await
     }
 
     pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
-        self.try_request(Method::GET, path, None).await.expect("UNWRAP: daemon answers")
+        self.try_request(Method::GET, path, None)
+            .await
+            .expect("UNWRAP: daemon answers")
     }
 
     pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.try_request(Method::POST, path, Some(&body)).await.expect("UNWRAP: daemon answers")
+        self.try_request(Method::POST, path, Some(&body))
+            .await
+            .expect("UNWRAP: daemon answers")
     }
 
     /// Runs the CLI against this daemon.
@@ -149,7 +161,12 @@ impl Daemon {
     pub(crate) fn cli_tcp(&self, addr: &str, token: &str, args: &[&str]) -> Output {
         let mut command = Command::new(bin());
         isolate(&mut command, &self.dir.0);
-        command.arg("--url").arg(format!("http://{addr}")).arg("--token").arg(token).args(args);
+        command
+            .arg("--url")
+            .arg(format!("http://{addr}"))
+            .arg("--token")
+            .arg(token)
+            .args(args);
         command.stdin(Stdio::null()).output().expect("UNWRAP: run corral")
     }
 
@@ -209,7 +226,8 @@ where
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await?.to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
     Ok((status, value))
 }
 
@@ -218,7 +236,9 @@ fn build(method: Method, host: &str, path: &str, body: Option<String>, token: Op
     if let Some(token) = token {
         builder = builder.header("authorization", format!("Bearer {token}"));
     }
-    builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("UNWRAP: valid request")
+    builder
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .expect("UNWRAP: valid request")
 }
 
 pub(crate) async fn request_unix(
@@ -260,7 +280,9 @@ where
 pub(crate) fn group_members(pgid: u32) -> Vec<u32> {
     let mut members = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("UNWRAP: /proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
         if let Ok(Some(stat)) = corral_proc::read_stat(pid) {
             if stat.pgrp == pgid && !stat.is_dead() {
                 members.push(pid);

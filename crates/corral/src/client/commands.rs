@@ -8,7 +8,9 @@ use anyhow::Context;
 use hyper::Method;
 use serde_json::Value;
 
-use crate::api::{HealthJson, OutputJson, OutputLine, ProcessJson, SignalRequest, SignalValue, StartProcess, StopRequest};
+use crate::api::{
+    HealthJson, OutputJson, OutputLine, ProcessJson, SignalRequest, SignalValue, StartProcess, StopRequest,
+};
 use crate::cli::{LogsArgs, PipelineCommand, PsArgs, RunArgs, SignalArgs, StopArgs};
 use crate::client::transport::Client;
 
@@ -32,7 +34,12 @@ pub(crate) async fn status(client: &Client, json: bool) -> anyhow::Result<ExitCo
     if json {
         print_json(&health)?;
     } else {
-        println!("daemon:    pid {} · version {} · up {}s", health.pid, health.version, health.uptime_ms / 1000);
+        println!(
+            "daemon:    pid {} · version {} · up {}s",
+            health.pid,
+            health.version,
+            health.uptime_ms / 1000
+        );
         println!("health:    {}", health.status);
         for (name, check) in &health.checks {
             match &check.error {
@@ -41,9 +48,20 @@ pub(crate) async fn status(client: &Client, json: bool) -> anyhow::Result<ExitCo
             }
         }
         let counts: Vec<String> = health.processes.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        println!("processes: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
+        println!(
+            "processes: {}",
+            if counts.is_empty() {
+                "none".into()
+            } else {
+                counts.join(", ")
+            }
+        );
     }
-    Ok(if code.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if code.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `corral run -- CMD...`: start, stream output, forward Ctrl-C as a stop, exit with the child's code.
@@ -62,7 +80,9 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
         stdin: false,
     };
     let started: ProcessJson = client.call(Method::POST, "/processes", Some(&request)).await?;
-    let mut events = client.events(&format!("/processes/{}/output?follow=true", enc(&started.id))).await?;
+    let mut events = client
+        .events(&format!("/processes/{}/output?follow=true", enc(&started.id)))
+        .await?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut stopping = false;
@@ -102,7 +122,11 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
     }
     let record = match last {
         Some(record) => record,
-        None => client.call::<ProcessJson>(Method::GET, &format!("/processes/{}", enc(&started.id)), None::<&()>).await?,
+        None => {
+            client
+                .call::<ProcessJson>(Method::GET, &format!("/processes/{}", enc(&started.id)), None::<&()>)
+                .await?
+        }
     };
     if json {
         print_json(&record)?;
@@ -114,7 +138,9 @@ fn stop_in_background(client: &Client, id: &str, grace: Option<String>) {
     let client = client.clone();
     let path = format!("/processes/{}/stop", enc(id));
     tokio::spawn(async move {
-        let _ = client.call::<ProcessJson>(Method::POST, &path, Some(&StopRequest { grace })).await;
+        let _ = client
+            .call::<ProcessJson>(Method::POST, &path, Some(&StopRequest { grace }))
+            .await;
     });
 }
 
@@ -131,14 +157,22 @@ fn exit_code_of(record: &ProcessJson) -> ExitCode {
 
 /// `corral ps`.
 pub(crate) async fn ps(client: &Client, args: PsArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let mut query: Vec<String> = args.labels.iter().map(|(k, v)| format!("label={}", enc(&format!("{k}={v}")))).collect();
+    let mut query: Vec<String> = args
+        .labels
+        .iter()
+        .map(|(k, v)| format!("label={}", enc(&format!("{k}={v}"))))
+        .collect();
     if let Some(state) = &args.state {
         query.push(format!("state={}", enc(state)));
     }
     if let Some(limit) = args.limit {
         query.push(format!("limit={limit}"));
     }
-    let path = if query.is_empty() { "/processes".to_owned() } else { format!("/processes?{}", query.join("&")) };
+    let path = if query.is_empty() {
+        "/processes".to_owned()
+    } else {
+        format!("/processes?{}", query.join("&"))
+    };
     let records: Vec<ProcessJson> = client.call(Method::GET, &path, None::<&()>).await?;
     if json {
         print_json(&records)?;
@@ -148,7 +182,10 @@ pub(crate) async fn ps(client: &Client, args: PsArgs, json: bool) -> anyhow::Res
         println!("no processes");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<36}  {:>7}  {:<11}  {:>4}  {:<20}  COMMAND", "ID", "PID", "STATE", "EXIT", "LABELS");
+    println!(
+        "{:<36}  {:>7}  {:<11}  {:>4}  {:<20}  COMMAND",
+        "ID", "PID", "STATE", "EXIT", "LABELS"
+    );
     for record in records {
         let labels: Vec<String> = record.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
@@ -191,7 +228,9 @@ pub(crate) async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow:
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let output: OutputJson = client.call(Method::GET, &format!("/processes/{id}/output"), None::<&()>).await?;
+    let output: OutputJson = client
+        .call(Method::GET, &format!("/processes/{id}/output"), None::<&()>)
+        .await?;
     if json {
         print_json(&output)?;
         return Ok(ExitCode::SUCCESS);
@@ -213,7 +252,11 @@ pub(crate) async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow:
 /// `corral stop`.
 pub(crate) async fn stop(client: &Client, args: StopArgs, json: bool) -> anyhow::Result<ExitCode> {
     let record: ProcessJson = client
-        .call(Method::POST, &format!("/processes/{}/stop", enc(&args.id)), Some(&StopRequest { grace: args.grace }))
+        .call(
+            Method::POST,
+            &format!("/processes/{}/stop", enc(&args.id)),
+            Some(&StopRequest { grace: args.grace }),
+        )
         .await?;
     if json {
         print_json(&record)?;
@@ -230,7 +273,11 @@ pub(crate) async fn signal(client: &Client, args: SignalArgs, json: bool) -> any
         Err(_) => SignalValue::Name(args.signal.clone()),
     };
     let record: ProcessJson = client
-        .call(Method::POST, &format!("/processes/{}/signal", enc(&args.id)), Some(&SignalRequest { signal }))
+        .call(
+            Method::POST,
+            &format!("/processes/{}/signal", enc(&args.id)),
+            Some(&SignalRequest { signal }),
+        )
         .await?;
     if json {
         print_json(&record)?;
@@ -250,7 +297,13 @@ pub(crate) fn daemons(json: bool) -> anyhow::Result<ExitCode> {
     } else {
         println!("{:>7}  {:<24}  {:<8}  SOCKET", "PID", "STARTED", "VERSION");
         for entry in entries {
-            println!("{:>7}  {:<24}  {:<8}  {}", entry.pid, entry.started, entry.version, entry.socket.display());
+            println!(
+                "{:>7}  {:<24}  {:<8}  {}",
+                entry.pid,
+                entry.started,
+                entry.version,
+                entry.socket.display()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -260,7 +313,9 @@ pub(crate) fn daemons(json: bool) -> anyhow::Result<ExitCode> {
 pub(crate) async fn pipeline(client: &Client, command: PipelineCommand, json: bool) -> anyhow::Result<ExitCode> {
     match command {
         PipelineCommand::Get { id } => {
-            let status: Value = client.call(Method::GET, &format!("/pipelines/{}", enc(&id)), None::<&()>).await?;
+            let status: Value = client
+                .call(Method::GET, &format!("/pipelines/{}", enc(&id)), None::<&()>)
+                .await?;
             if json {
                 print_json(&status)?;
             } else {
@@ -300,8 +355,14 @@ pub(crate) fn print_pipeline(status: &Value) {
         let field = |k: &str| step.get(k).cloned().unwrap_or(Value::Null);
         let name = field("name").as_str().unwrap_or("?").to_owned();
         let state = field("status").as_str().unwrap_or("?").to_owned();
-        let code = field("exit_code").as_i64().map(|c| format!("exit {c}")).unwrap_or_default();
-        let ms = field("duration_ms").as_u64().map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_default();
+        let code = field("exit_code")
+            .as_i64()
+            .map(|c| format!("exit {c}"))
+            .unwrap_or_default();
+        let ms = field("duration_ms")
+            .as_u64()
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_default();
         println!("  {name:<24} {state:<10} {code:<8} {ms}");
     }
     let counts: BTreeMap<&str, u64> = ["passed", "failed", "skipped", "cancelled"]

@@ -19,7 +19,11 @@ pub(crate) async fn follow_pipeline(client: &Client, id: &str, quiet: bool) -> a
     loop {
         let status: Value = client.call(Method::GET, &path, None::<&()>).await?;
         let finished = status.get("state").and_then(Value::as_str) == Some("finished");
-        let steps = status.get("steps").and_then(Value::as_array).cloned().unwrap_or_default();
+        let steps = status
+            .get("steps")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if terminal {
             let mut err = std::io::stderr().lock();
             if drawn_lines > 0 {

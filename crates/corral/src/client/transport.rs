@@ -70,12 +70,20 @@ impl Client {
     }
 
     /// Sends one request and returns the raw response (body not read yet).
-    pub(crate) async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Response<Incoming>> {
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Response<Incoming>> {
         let host = match &self.target {
             Target::Unix(_) => "localhost".to_owned(),
             Target::Tcp { authority } => authority.clone(),
         };
-        let mut builder = Request::builder().method(method).uri(path).header(hyper::header::HOST, host);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, host);
         if let Some(token) = &self.token {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -95,7 +103,9 @@ impl Client {
                 exchange(stream, request).await?
             }
             Target::Tcp { authority } => {
-                let stream = tokio::net::TcpStream::connect(authority.as_str()).await.map_err(unreachable)?;
+                let stream = tokio::net::TcpStream::connect(authority.as_str())
+                    .await
+                    .map_err(unreachable)?;
                 exchange(stream, request).await?
             }
         };
@@ -113,7 +123,12 @@ impl Client {
         let body = body.map(serde_json::to_vec).transpose()?;
         let response = self.send(method, path, body).await?;
         let status = response.status();
-        let bytes = response.into_body().collect().await.context("reading the daemon's answer")?.to_bytes();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the daemon's answer")?
+            .to_bytes();
         if !status.is_success() {
             return Err(api_error(status, &bytes).into());
         }
@@ -160,7 +175,10 @@ where
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    sender.send_request(request).await.context("the daemon closed the connection")
+    sender
+        .send_request(request)
+        .await
+        .context("the daemon closed the connection")
 }
 
 /// One server-sent event.

@@ -99,7 +99,10 @@ pub(crate) struct Token {
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token").field("name", &self.name).field("scopes", &self.scopes).finish_non_exhaustive()
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -174,7 +177,11 @@ impl Tokens {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
         for token in &self.0 {
-            let diff = token.digest.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            let diff = token
+                .digest
+                .iter()
+                .zip(digest.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if diff == 0 {
                 found = Some(token);
             }
@@ -225,14 +232,20 @@ mod tests {
     fn scopes_cover_routes() {
         use http::Method;
         let reader = token(&["read"]);
-        let Required::Scope(need) = required_scope(&Method::GET, "/processes") else { panic!("needs a scope") };
+        let Required::Scope(need) = required_scope(&Method::GET, "/processes") else {
+            panic!("needs a scope")
+        };
         assert!(reader.allows(&need));
-        let Required::Scope(need) = required_scope(&Method::POST, "/processes") else { panic!("needs a scope") };
+        let Required::Scope(need) = required_scope(&Method::POST, "/processes") else {
+            panic!("needs a scope")
+        };
         assert!(!reader.allows(&need));
         assert!(token(&["processes"]).allows(&need));
         assert!(token(&["admin"]).allows(&need));
         assert_eq!(required_scope(&Method::GET, "/health"), Required::Nothing);
-        let Required::Scope(need) = required_scope(&Method::POST, "/exec/deploy/api") else { panic!("needs a scope") };
+        let Required::Scope(need) = required_scope(&Method::POST, "/exec/deploy/api") else {
+            panic!("needs a scope")
+        };
         assert!(token(&["exec:deploy/*"]).allows(&need));
         assert!(!token(&["exec:docker/*"]).allows(&need));
     }
@@ -250,7 +263,10 @@ mod tests {
     #[test]
     fn finds_tokens_by_secret() {
         let secret = "correct horse battery staple";
-        let hex: String = Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = Sha256::digest(secret.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let tokens = Tokens::new(vec![Token::from_config(&TokenConfig {
             name: "ci".into(),
             secret_env: None,

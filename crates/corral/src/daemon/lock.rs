@@ -43,8 +43,19 @@ impl StateLock {
     /// Takes the lock on `state_dir/corral.lock` and writes our pid into it.
     pub(crate) fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
         let path = state_dir.join("corral.lock");
-        let io_err = |source| LockError::Io { path: path.clone(), source };
-        let mut file = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(&path).map_err(io_err)?;
+        let io_err = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        // Not truncated here: a daemon that fails to get the lock must leave the holder's pid in place.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err)?;
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {

@@ -34,7 +34,11 @@ impl Metrics {
         match kind {
             "process.started" => inner.starts += 1,
             "process.exited" => {
-                let state = data.get("state").and_then(|s| s.as_str()).unwrap_or("unknown").to_owned();
+                let state = data
+                    .get("state")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("unknown")
+                    .to_owned();
                 *inner.exits.entry(state).or_default() += 1;
             }
             _ => {}
@@ -43,7 +47,11 @@ impl Metrics {
 
     /// Counts one HTTP request.
     pub(crate) fn on_request(&self, route: &str, method: &str, status: u16) {
-        *self.lock().http.entry((route.to_owned(), method.to_owned(), status)).or_default() += 1;
+        *self
+            .lock()
+            .http
+            .entry((route.to_owned(), method.to_owned(), status))
+            .or_default() += 1;
     }
 
     /// Records the latency of one store operation.
@@ -63,22 +71,39 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP corral_processes Process records by state.");
         let _ = writeln!(out, "# TYPE corral_processes gauge");
-        for state in ["pending", "running", "interrupting", "interrupted", "completed", "failed", "stale"] {
+        for state in [
+            "pending",
+            "running",
+            "interrupting",
+            "interrupted",
+            "completed",
+            "failed",
+            "stale",
+        ] {
             let n = processes_by_state.get(state).copied().unwrap_or(0);
             let _ = writeln!(out, "corral_processes{{state=\"{state}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP corral_supervised_processes Processes this daemon supervises now.");
+        let _ = writeln!(
+            out,
+            "# HELP corral_supervised_processes Processes this daemon supervises now."
+        );
         let _ = writeln!(out, "# TYPE corral_supervised_processes gauge");
         let _ = writeln!(out, "corral_supervised_processes {running_children}");
         let _ = writeln!(out, "# HELP corral_process_starts_total Processes started.");
         let _ = writeln!(out, "# TYPE corral_process_starts_total counter");
         let _ = writeln!(out, "corral_process_starts_total {}", inner.starts);
-        let _ = writeln!(out, "# HELP corral_process_exits_total Processes ended, by final state.");
+        let _ = writeln!(
+            out,
+            "# HELP corral_process_exits_total Processes ended, by final state."
+        );
         let _ = writeln!(out, "# TYPE corral_process_exits_total counter");
         for (state, n) in &inner.exits {
             let _ = writeln!(out, "corral_process_exits_total{{state=\"{}\"}} {n}", escape(state));
         }
-        let _ = writeln!(out, "# HELP corral_http_requests_total HTTP requests by route, method and status.");
+        let _ = writeln!(
+            out,
+            "# HELP corral_http_requests_total HTTP requests by route, method and status."
+        );
         let _ = writeln!(out, "# TYPE corral_http_requests_total counter");
         for ((route, method, status), n) in &inner.http {
             let _ = writeln!(
@@ -88,11 +113,17 @@ impl Metrics {
                 escape(method)
             );
         }
-        let _ = writeln!(out, "# HELP corral_store_operation_seconds Latency of store operations.");
+        let _ = writeln!(
+            out,
+            "# HELP corral_store_operation_seconds Latency of store operations."
+        );
         let _ = writeln!(out, "# TYPE corral_store_operation_seconds summary");
         let _ = writeln!(out, "corral_store_operation_seconds_count {}", inner.store_ops);
         let _ = writeln!(out, "corral_store_operation_seconds_sum {:.6}", inner.store_seconds);
-        let _ = writeln!(out, "# HELP corral_store_operation_max_seconds Slowest store operation so far.");
+        let _ = writeln!(
+            out,
+            "# HELP corral_store_operation_max_seconds Slowest store operation so far."
+        );
         let _ = writeln!(out, "# TYPE corral_store_operation_max_seconds gauge");
         let _ = writeln!(out, "corral_store_operation_max_seconds {:.6}", inner.store_max_seconds);
         let _ = writeln!(out, "# HELP corral_events_total Events published on the bus, by kind.");

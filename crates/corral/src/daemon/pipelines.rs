@@ -55,8 +55,8 @@ impl Pipelines {
 
     /// Validates and starts a pipeline; returns its id.
     pub(crate) fn start(&self, spec: PipelineSpec) -> Result<String, AppError> {
-        let pipeline =
-            Pipeline::new(spec).map_err(|err| AppError::bad_request("invalid_pipeline", format!("invalid pipeline: {err}")))?;
+        let pipeline = Pipeline::new(spec)
+            .map_err(|err| AppError::bad_request("invalid_pipeline", format!("invalid pipeline: {err}")))?;
         let id = uuid::Uuid::new_v4().to_string();
         let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
         let launcher = DaemonLauncher {
@@ -199,7 +199,11 @@ fn output_tail(process: &corral_proc::Process) -> String {
 
 /// Resolves relative step dirs against the pipeline file's folder (the CLI does this before sending).
 pub(crate) fn resolve_dirs(mut spec: PipelineSpec, base: &Path) -> PipelineSpec {
-    let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+    let base = if base.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base
+    };
     let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_owned());
     spec.resolve_dirs(&base);
     for step in &mut spec.steps {
@@ -223,6 +227,10 @@ async fn create(State(state): State<AppState>, ApiJson(spec): ApiJson<PipelineSp
 }
 
 async fn status(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>, AppError> {
-    state.inner.pipelines.status(&id).map(Json).ok_or_else(|| AppError::not_found(format!("no pipeline with id {id}")))
+    state
+        .inner
+        .pipelines
+        .status(&id)
+        .map(Json)
+        .ok_or_else(|| AppError::not_found(format!("no pipeline with id {id}")))
 }
-

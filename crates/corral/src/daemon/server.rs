@@ -112,9 +112,17 @@ impl IntoResponse for AppError {
 impl From<StoreError> for AppError {
     fn from(err: StoreError) -> Self {
         if err.is_unavailable() {
-            AppError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("store unavailable: {err}"))
+            AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("store unavailable: {err}"),
+            )
         } else {
-            AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", format!("store error: {err}"))
+            AppError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                format!("store error: {err}"),
+            )
         }
     }
 }
@@ -124,9 +132,11 @@ impl From<ProcessesError> for AppError {
         match err {
             ProcessesError::Invalid(msg) => AppError::bad_request("invalid_request", msg),
             ProcessesError::NotFound(id) => AppError::not_found(format!("no process with id {id}")),
-            ProcessesError::NotRunning(id) => {
-                AppError::new(StatusCode::CONFLICT, "not_running", format!("process {id} is not running"))
-            }
+            ProcessesError::NotRunning(id) => AppError::new(
+                StatusCode::CONFLICT,
+                "not_running",
+                format!("process {id} is not running"),
+            ),
             ProcessesError::Spawn { error, .. } => AppError::bad_request("spawn_failed", error),
             ProcessesError::Unsupported(msg) => AppError::new(StatusCode::CONFLICT, "unsupported", msg),
             ProcessesError::Store(err) => err.into(),
@@ -167,7 +177,8 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
-    serde_json::from_slice(bytes).map_err(|err| AppError::bad_request("invalid_json", format!("invalid JSON body: {err}")))
+    serde_json::from_slice(bytes)
+        .map_err(|err| AppError::bad_request("invalid_json", format!("invalid JSON body: {err}")))
 }
 
 /// Parses an optional duration field of a request, naming the field in the error.
@@ -197,7 +208,11 @@ pub(crate) fn app(state: AppState) -> Router {
         .merge(crate::daemon::pipelines::router())
         .fallback(|| async { AppError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
-            AppError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            AppError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
@@ -217,7 +232,10 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().to_string();
     let response = next.run(request).await;
-    state.inner.metrics.on_request(&route, &method, response.status().as_u16());
+    state
+        .inner
+        .metrics
+        .on_request(&route, &method, response.status().as_u16());
     response
 }
 
@@ -233,9 +251,15 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let Some(token) = presented.and_then(|secret| state.inner.tokens.find(secret)) else {
-        let mut response =
-            AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required").into_response();
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        let mut response = AppError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         return response;
     };
     if !token.allows(&scope) {
@@ -287,7 +311,11 @@ async fn health(State(state): State<AppState>) -> Response {
             ("stale".to_owned(), state.inner.reconcile.stale as u64),
         ]),
     };
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -306,17 +334,26 @@ async fn ready(State(state): State<AppState>) -> Response {
     if state.inner.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
     } else {
-        AppError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the daemon is starting or stopping").into_response()
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the daemon is starting or stopping",
+        )
+        .into_response()
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let started = Instant::now();
     let counts = state.inner.processes.store().count_processes_by_state();
-    state.inner.metrics.on_store_op(started.elapsed());
-    let counts: BTreeMap<String, u64> =
-        counts.unwrap_or_default().into_iter().map(|(s, n)| (s.as_str().to_owned(), n)).collect();
-    let text = state.inner.metrics.render(&counts, state.inner.processes.running_count());
+    let counts: BTreeMap<String, u64> = counts
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(s, n)| (s.as_str().to_owned(), n))
+        .collect();
+    let text = state
+        .inner
+        .metrics
+        .render(&counts, state.inner.processes.running_count());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -327,9 +364,9 @@ async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<
             Ok(event) => SseEvent::default()
                 .event(event.kind.clone())
                 .data(json!({"kind": event.kind, "at": event.at, "data": event.data}).to_string()),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                SseEvent::default().event("lagged").data(json!({"missed": n}).to_string())
-            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => SseEvent::default()
+                .event("lagged")
+                .data(json!({"missed": n}).to_string()),
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         };
         Some((Ok(event), receiver))
@@ -343,7 +380,10 @@ async fn openapi() -> Json<serde_json::Value> {
     Json(crate::daemon::openapi::document())
 }
 
-async fn start_process(State(state): State<AppState>, ApiJson(body): ApiJson<StartProcess>) -> Result<Response, AppError> {
+async fn start_process(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<StartProcess>,
+) -> Result<Response, AppError> {
     let request = StartRequest {
         command: body.command,
         dir: body.dir.map(PathBuf::from),
@@ -363,7 +403,8 @@ async fn start_process(State(state): State<AppState>, ApiJson(body): ApiJson<Sta
 }
 
 fn validate_label(key: &str, value: &str) -> Result<(), AppError> {
-    let ok_key = !key.is_empty() && key.len() <= 128 && key.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+    let ok_key =
+        !key.is_empty() && key.len() <= 128 && key.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
     if !ok_key {
         return Err(AppError::bad_request(
             "invalid_label",
@@ -371,7 +412,10 @@ fn validate_label(key: &str, value: &str) -> Result<(), AppError> {
         ));
     }
     if value.len() > 1024 || value.contains('\0') {
-        return Err(AppError::bad_request("invalid_label", format!("label {key}: value too long or has a NUL byte")));
+        return Err(AppError::bad_request(
+            "invalid_label",
+            format!("label {key}: value too long or has a NUL byte"),
+        ));
     }
     Ok(())
 }
@@ -382,9 +426,9 @@ fn process_filter(query: Option<&str>) -> Result<ProcessFilter, AppError> {
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*key {
             "label" => {
-                let (k, v) = value
-                    .split_once('=')
-                    .ok_or_else(|| AppError::bad_request("invalid_query", format!("label {value:?}: use label=key=value")))?;
+                let (k, v) = value.split_once('=').ok_or_else(|| {
+                    AppError::bad_request("invalid_query", format!("label {value:?}: use label=key=value"))
+                })?;
                 filter.labels.insert(k.to_owned(), v.to_owned());
             }
             "state" => {
@@ -398,16 +442,26 @@ fn process_filter(query: Option<&str>) -> Result<ProcessFilter, AppError> {
             "source" => filter.source = Some(value.into_owned()),
             "limit" => {
                 filter.limit = Some(
-                    value.parse().map_err(|_| AppError::bad_request("invalid_query", "limit must be a whole number"))?,
+                    value
+                        .parse()
+                        .map_err(|_| AppError::bad_request("invalid_query", "limit must be a whole number"))?,
                 )
             }
-            other => return Err(AppError::bad_request("invalid_query", format!("unknown query parameter {other:?}"))),
+            other => {
+                return Err(AppError::bad_request(
+                    "invalid_query",
+                    format!("unknown query parameter {other:?}"),
+                ))
+            }
         }
     }
     Ok(filter)
 }
 
-async fn list_processes(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<Vec<ProcessJson>>, AppError> {
+async fn list_processes(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Vec<ProcessJson>>, AppError> {
     let mut filter = process_filter(query.as_deref())?;
     // Listing holds the store's writer lock while rows decode: never list everything by accident.
     filter.limit = Some(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT).min(MAX_LIST_LIMIT));
@@ -447,7 +501,11 @@ async fn stdin_process(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<StdinRequest>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    state.inner.processes.write_stdin(&id, body.data.as_bytes(), body.close).await?;
+    state
+        .inner
+        .processes
+        .write_stdin(&id, body.data.as_bytes(), body.close)
+        .await?;
     Ok(Json(json!({"written": body.data.len(), "closed": body.close})))
 }
 
@@ -495,39 +553,46 @@ async fn follow_output(state: AppState, id: String) -> Sse<impl Stream<Item = Re
     }
     let events = subscription.map(|(_, events)| events);
     let processes = state.inner.processes.clone();
-    let live = stream::unfold((events, processes, id, false), |(mut events, processes, id, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            let Some(subscription) = events.as_mut() else {
-                processes.wait_recorded(&id).await;
-                let exit = exit_event(&processes, &id);
-                return Some((vec![exit], (None, processes, id, true)));
-            };
-            match subscription.recv().await {
-                Some(Received::Event(event)) => match event.kind {
-                    EventKind::Output { stream, lines } => {
-                        let batch = lines.iter().map(|line| output_event(stream, line)).collect();
-                        return Some((batch, (events, processes, id, false)));
-                    }
-                    EventKind::Exited(_) => {
-                        processes.wait_recorded(&id).await;
-                        let exit = exit_event(&processes, &id);
-                        return Some((vec![exit], (None, processes, id, true)));
-                    }
-                    _ => continue,
-                },
-                Some(Received::Missed(n)) => {
-                    let lagged = SseEvent::default().event("lagged").data(json!({"missed": n}).to_string());
-                    return Some((vec![lagged], (events, processes, id, false)));
-                }
-                None => events = None,
+    let live = stream::unfold(
+        (events, processes, id, false),
+        |(mut events, processes, id, done)| async move {
+            if done {
+                return None;
             }
-        }
-    })
+            loop {
+                let Some(subscription) = events.as_mut() else {
+                    processes.wait_recorded(&id).await;
+                    let exit = exit_event(&processes, &id);
+                    return Some((vec![exit], (None, processes, id, true)));
+                };
+                match subscription.recv().await {
+                    Some(Received::Event(event)) => match event.kind {
+                        EventKind::Output { stream, lines } => {
+                            let batch = lines.iter().map(|line| output_event(stream, line)).collect();
+                            return Some((batch, (events, processes, id, false)));
+                        }
+                        EventKind::Exited(_) => {
+                            processes.wait_recorded(&id).await;
+                            let exit = exit_event(&processes, &id);
+                            return Some((vec![exit], (None, processes, id, true)));
+                        }
+                        _ => continue,
+                    },
+                    Some(Received::Missed(n)) => {
+                        let lagged = SseEvent::default()
+                            .event("lagged")
+                            .data(json!({"missed": n}).to_string());
+                        return Some((vec![lagged], (events, processes, id, false)));
+                    }
+                    None => events = None,
+                }
+            }
+        },
+    )
     .flat_map(|batch| stream::iter(batch.into_iter().map(Ok)));
-    let stream = stream::iter(backlog.into_iter().map(Ok)).chain(live).take_until(shutting_down(&state));
+    let stream = stream::iter(backlog.into_iter().map(Ok))
+        .chain(live)
+        .take_until(shutting_down(&state));
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
@@ -542,7 +607,9 @@ fn output_event(stream: corral_proc::Stream, line: &corral_proc::Line) -> SseEve
         line: line.to_string_lossy(),
         end: end.to_owned(),
     };
-    SseEvent::default().event("output").data(serde_json::to_string(&body).unwrap_or_default())
+    SseEvent::default()
+        .event("output")
+        .data(serde_json::to_string(&body).unwrap_or_default())
 }
 
 fn exit_event(processes: &ProcessManager, id: &str) -> SseEvent {

@@ -1,0 +1,64 @@
+//! A `Store` wrapper that records the latency of every operation in the metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use corral_store::{ProcessEnd, ProcessFilter, ProcessRecord, ProcessStart, ProcessState, Store, StoreError};
+
+use crate::daemon::metrics::Metrics;
+
+/// Delegates to the inner store, timing each call.
+pub(crate) struct TimedStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl TimedStore {
+    pub(crate) fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        TimedStore { inner, metrics }
+    }
+
+    fn timed<T>(&self, op: impl FnOnce(&dyn Store) -> T) -> T {
+        let started = Instant::now();
+        let result = op(self.inner.as_ref());
+        self.metrics.on_store_op(started.elapsed());
+        result
+    }
+}
+
+impl Store for TimedStore {
+    fn insert_process(&self, record: &ProcessRecord) -> Result<(), StoreError> {
+        self.timed(|s| s.insert_process(record))
+    }
+    fn mark_process_started(&self, id: &str, start: &ProcessStart) -> Result<bool, StoreError> {
+        self.timed(|s| s.mark_process_started(id, start))
+    }
+    fn transition_process(&self, id: &str, from: &[ProcessState], to: ProcessState) -> Result<bool, StoreError> {
+        self.timed(|s| s.transition_process(id, from, to))
+    }
+    fn finish_process(&self, id: &str, end: &ProcessEnd) -> Result<bool, StoreError> {
+        self.timed(|s| s.finish_process(id, end))
+    }
+    fn get_process(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
+        self.timed(|s| s.get_process(id))
+    }
+    fn list_processes(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>, StoreError> {
+        self.timed(|s| s.list_processes(filter))
+    }
+    fn count_processes_by_state(&self) -> Result<BTreeMap<ProcessState, u64>, StoreError> {
+        self.timed(|s| s.count_processes_by_state())
+    }
+    fn delete_finished_processes(&self, ended_before: i64) -> Result<u64, StoreError> {
+        self.timed(|s| s.delete_finished_processes(ended_before))
+    }
+    fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.timed(|s| s.get_meta(key))
+    }
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.timed(|s| s.set_meta(key, value))
+    }
+    fn health_check(&self) -> Result<(), StoreError> {
+        self.timed(|s| s.health_check())
+    }
+}
