@@ -11,8 +11,11 @@
 //! It knows nothing about HTTP or the CLI: it never imports axum or clap, and leaves wire formats to the
 //! `corral` binary. Results are `serde`-serializable data, not a wire contract.
 
+pub mod builtin;
 pub mod events;
 pub mod pipeline;
 pub mod processes;
 pub mod redact;
+pub mod steps;
+pub mod tasks;
 pub mod units;

@@ -1,14 +1,14 @@
 //! corral's durable store: the [`Store`] trait and [`SqliteStore`], its embedded SQLite implementation.
 //!
 //! The store is where corral's ground truth lives besides the kernel: the records of the processes the
-//! daemon started (who owns them, how to recognise them after a restart, how they ended), and a small
-//! key/value table for the daemon's own bookkeeping. Later migrations add tasks with claims and leases, exec
-//! jobs and services to the same database.
+//! daemon started (who owns them, how to recognise them after a restart, how they ended), the durable tasks
+//! that nodes claim with leases, and a small key/value table for the daemon's own bookkeeping. Later
+//! migrations add exec jobs and services to the same database.
 //!
 //! It does not know what a process *is*: it never spawns, signals or inspects one, and a pid is just a
-//! number in a row. It knows nothing about HTTP or wire formats either (its types do not implement
-//! `Serialize`); corral-core maps between records and the running system, and the `corral` binary decides
-//! what goes over the wire.
+//! number in a row. Nor does it know what a task does: a task type is a string and its params a JSON value.
+//! It knows nothing about HTTP or wire formats either (its types do not implement `Serialize`); corral-core
+//! maps between records and the running system, and the `corral` binary decides what goes over the wire.
 //!
 //! # Overview
 //!
@@ -18,6 +18,9 @@
 //!   (a committed write survives a crash of the process) and concurrency (one connection behind a mutex).
 //! - [`ProcessRecord`] and its [`ProcessState`]: a record is `pending`, then `running`, maybe
 //!   `interrupting`, and ends in exactly one terminal state, written once by [`Store::finish_process`].
+//! - [`TaskRecord`] and its [`TaskStatus`]: a task is submitted ([`Store::submit_task`], idempotent by id),
+//!   claimed by a node with a lease, and finished once by the node that holds the claim; a lease that
+//!   expires lets another node claim it. See the [`Store`] docs, "Tasks, claims and leases".
 //! - [`StoreError`]: typed failures; [`StoreError::is_unavailable`] tells "the store is down" (read-only,
 //!   disk full, locked, corrupt, I/O) from "this request is wrong".
 //!
@@ -51,13 +54,45 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! A task, submitted idempotently, claimed by a node with a lease, finished once by that node:
+//!
+//! ```
+//! use corral_store::{NewTask, SqliteStore, Store, Submitted, TaskEnd, TaskStatus};
+//! use serde_json::json;
+//!
+//! # fn main() -> Result<(), corral_store::StoreError> {
+//! let store = SqliteStore::open_in_memory()?;
+//! let new = NewTask {
+//!     id: "6f1c2d3e-0000-4000-8000-000000000001".into(),
+//!     task_type: "build".into(),
+//!     params: json!({ "target": "release" }),
+//!     submitted_at: 1_000,
+//! };
+//! assert!(matches!(store.submit_task(&new)?, Submitted::Created(_)));
+//! assert!(matches!(store.submit_task(&new)?, Submitted::Existing(_)), "idempotent");
+//!
+//! let now = 2_000;
+//! let task = store.claim_next_task(&["build".to_owned()], "node-a", now + 30_000, now)?.expect("queued");
+//! assert_eq!((task.status, task.attempt), (TaskStatus::Running, 1));
+//! assert!(store.renew_task_lease(&task.id, "node-a", now + 60_000)?);
+//!
+//! let end = TaskEnd { status: TaskStatus::Completed, result: Some(json!({ "ok": true })), error: None, completed_at: 3_000 };
+//! assert!(!store.finish_task(&task.id, "node-b", &end)?, "only the node holding the claim");
+//! assert!(store.finish_task(&task.id, "node-a", &end)?);
+//! assert!(!store.finish_task(&task.id, "node-a", &end)?, "exactly once");
+//! # Ok(())
+//! # }
+//! ```
 
 mod error;
 mod process;
 mod sqlite;
 mod store;
+mod task;
 
 pub use error::{BackendError, StoreError};
 pub use process::{ParseProcessStateError, ProcessEnd, ProcessFilter, ProcessRecord, ProcessStart, ProcessState};
 pub use sqlite::{SqliteStore, StoreOptions};
 pub use store::Store;
+pub use task::{NewTask, ParseTaskStatusError, Submitted, TaskEnd, TaskFilter, TaskRecord, TaskStatus};

@@ -1,6 +1,7 @@
 //! [`SqliteStore`]: the embedded [`Store`], one SQLite file in WAL mode.
 
 mod migrations;
+mod tasks;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +16,7 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 use crate::error::{is_unique_violation, sql, StoreError};
 use crate::process::{ProcessEnd, ProcessFilter, ProcessRecord, ProcessStart, ProcessState};
 use crate::store::Store;
+use crate::task::{NewTask, Submitted, TaskEnd, TaskFilter, TaskRecord, TaskStatus};
 
 /// How to open a [`SqliteStore`]. Build it with struct update syntax:
 /// `StoreOptions { synchronous_full: true, ..StoreOptions::default() }`.
@@ -438,6 +440,78 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn submit_task(&self, new: &NewTask) -> Result<Submitted, StoreError> {
+        tasks::submit(&mut self.lock(), new)
+    }
+
+    fn claim_task(&self, id: &str, node: &str, lease_until: i64, now: i64) -> Result<Option<TaskRecord>, StoreError> {
+        tasks::claim(&mut self.lock(), id, node, lease_until, now)
+    }
+
+    fn claim_next_task(
+        &self,
+        task_types: &[String],
+        node: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        tasks::claim_next(&mut self.lock(), task_types, node, lease_until, now)
+    }
+
+    fn renew_task_lease(&self, id: &str, node: &str, lease_until: i64) -> Result<bool, StoreError> {
+        tasks::renew_lease(&self.lock(), id, node, lease_until)
+    }
+
+    fn set_task_progress(
+        &self,
+        id: &str,
+        node: &str,
+        progress: &serde_json::Value,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        tasks::set_progress(&self.lock(), id, node, progress, now)
+    }
+
+    fn finish_task(&self, id: &str, node: &str, end: &TaskEnd) -> Result<bool, StoreError> {
+        tasks::finish(&self.lock(), id, node, end)
+    }
+
+    fn requeue_task(&self, id: &str, node: &str, now: i64) -> Result<bool, StoreError> {
+        tasks::requeue(&self.lock(), id, node, now)
+    }
+
+    fn cancel_task(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        tasks::cancel(&self.lock(), id, now)
+    }
+
+    fn delete_task(&self, id: &str) -> Result<bool, StoreError> {
+        tasks::delete(&self.lock(), id)
+    }
+
+    fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        tasks::get(&self.lock(), id)
+    }
+
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
+        tasks::list(&self.lock(), filter)
+    }
+
+    fn count_tasks(&self) -> Result<BTreeMap<(String, TaskStatus), u64>, StoreError> {
+        tasks::count(&self.lock())
+    }
+
+    fn tasks_to_recover(&self, node: &str, now: i64) -> Result<Vec<TaskRecord>, StoreError> {
+        tasks::to_recover(&self.lock(), node, now)
+    }
+
+    fn queued_tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        tasks::queued(&self.lock(), limit)
+    }
+
+    fn delete_finished_tasks(&self, completed_before: i64, keep_newest: usize) -> Result<u64, StoreError> {
+        tasks::delete_finished(&self.lock(), completed_before, keep_newest)
+    }
+
     fn health_check(&self) -> Result<(), StoreError> {
         const OP: &str = "health check";
         let conn = self.lock();
@@ -579,19 +653,33 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
-/// Reads column `idx`; a value of the wrong type is a [`StoreError::Decode`].
+/// Reads column `idx` of a `process` row; a value of the wrong type is a [`StoreError::Decode`].
 fn get<T: FromSql>(row: &Row<'_>, idx: usize, column: &'static str) -> Result<T, StoreError> {
+    get_column(row, "process", idx, column)
+}
+
+/// Reads column `idx` of a row of `table`; a value of the wrong type is a [`StoreError::Decode`].
+fn get_column<T: FromSql>(
+    row: &Row<'_>,
+    table: &'static str,
+    idx: usize,
+    column: &'static str,
+) -> Result<T, StoreError> {
     row.get(idx).map_err(|err| match err {
         rusqlite::Error::FromSqlConversionFailure(..)
         | rusqlite::Error::InvalidColumnType(..)
-        | rusqlite::Error::IntegralValueOutOfRange(..) => decode_error(column, err),
-        other => StoreError::from_sqlite("read process", other),
+        | rusqlite::Error::IntegralValueOutOfRange(..) => table_decode_error(table, column, err),
+        other => StoreError::from_sqlite(if table == "task" { "read task" } else { "read process" }, other),
     })
 }
 
 fn decode_error(column: &'static str, reason: impl fmt::Display) -> StoreError {
+    table_decode_error("process", column, reason)
+}
+
+fn table_decode_error(table: &'static str, column: &'static str, reason: impl fmt::Display) -> StoreError {
     StoreError::Decode {
-        table: "process",
+        table,
         column,
         reason: reason.to_string(),
     }

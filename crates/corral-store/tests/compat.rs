@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use corral_store::{ProcessRecord, ProcessState, SqliteStore, Store};
+use corral_store::{
+    NewTask, ProcessRecord, ProcessState, SqliteStore, Store, Submitted, TaskEnd, TaskFilter, TaskRecord, TaskStatus,
+};
+use serde_json::json;
 
 use crate::util::{raw, record, TempDir};
 
@@ -36,6 +39,117 @@ fn artefact_record() -> ProcessRecord {
     }
 }
 
+/// The tasks every artefact from version 2 on holds: one of each status, oldest first.
+fn artefact_tasks() -> Vec<TaskRecord> {
+    let base = 1_767_225_600_000;
+    let params = json!({
+        "repo": "https://example.invalid/app.git",
+        "steps": [["cargo", "build"], ["cargo", "test", "--", "--nocapture"]],
+        "limits": { "cpu": 1.5, "retries": 3, "big": 9_007_199_254_740_993_u64, "neg": i64::MIN },
+        "note": "ünïcödé 'quotes' \"double\" 🦀",
+    });
+    let task = |id: &str, task_type: &str, offset: i64| TaskRecord {
+        id: id.to_owned(),
+        task_type: task_type.to_owned(),
+        params: params.clone(),
+        status: TaskStatus::Queued,
+        attempt: 0,
+        result: None,
+        error: None,
+        progress: None,
+        claimed_by: None,
+        lease_expires_at: None,
+        submitted_at: base + offset,
+        started_at: None,
+        completed_at: None,
+        updated_at: base + offset,
+    };
+    let queued = task("0d5e2c1a-1111-4c36-9a55-5f1f0f3d2a01", "build", 0);
+    let running = TaskRecord {
+        status: TaskStatus::Running,
+        attempt: 1,
+        progress: Some(json!({ "step": 1, "of": 2 })),
+        claimed_by: Some("node-a".to_owned()),
+        lease_expires_at: Some(base + 31_000),
+        started_at: Some(base + 1_000),
+        updated_at: base + 2_000,
+        ..task("0d5e2c1a-2222-4c36-9a55-5f1f0f3d2a02", "build", 1)
+    };
+    let completed = TaskRecord {
+        status: TaskStatus::Completed,
+        attempt: 1,
+        result: Some(json!({ "artifacts": ["app"], "ok": true })),
+        progress: Some(json!(100)),
+        claimed_by: Some("node-a".to_owned()),
+        started_at: Some(base + 1_000),
+        completed_at: Some(base + 5_000),
+        updated_at: base + 5_000,
+        ..task("0d5e2c1a-3333-4c36-9a55-5f1f0f3d2a03", "deploy", 2)
+    };
+    let failed = TaskRecord {
+        status: TaskStatus::Failed,
+        attempt: 1,
+        error: Some("exit status 101".to_owned()),
+        claimed_by: Some("node-b".to_owned()),
+        started_at: Some(base + 1_000),
+        completed_at: Some(base + 6_000),
+        updated_at: base + 6_000,
+        ..task("0d5e2c1a-4444-4c36-9a55-5f1f0f3d2a04", "deploy", 3)
+    };
+    let cancelled = TaskRecord {
+        status: TaskStatus::Cancelled,
+        completed_at: Some(base + 7_000),
+        updated_at: base + 7_000,
+        ..task("0d5e2c1a-5555-4c36-9a55-5f1f0f3d2a05", "build", 4)
+    };
+    vec![queued, running, completed, failed, cancelled]
+}
+
+/// Writes [`artefact_tasks`] through the API of this version.
+fn write_artefact_tasks(store: &dyn Store) {
+    for expected in artefact_tasks() {
+        let new = NewTask {
+            id: expected.id.clone(),
+            task_type: expected.task_type.clone(),
+            params: expected.params.clone(),
+            submitted_at: expected.submitted_at,
+        };
+        assert!(matches!(
+            store.submit_task(&new).expect("UNWRAP: submit"),
+            Submitted::Created(_)
+        ));
+        let id = expected.id.as_str();
+        if let (Some(node), Some(started_at)) = (expected.claimed_by.as_deref(), expected.started_at) {
+            let lease_until = expected.lease_expires_at.unwrap_or(started_at + 30_000);
+            store
+                .claim_task(id, node, lease_until, started_at)
+                .expect("UNWRAP: claim")
+                .expect("UNWRAP: claimable");
+            if let Some(progress) = &expected.progress {
+                let at = expected.completed_at.map_or(expected.updated_at, |done| done - 500);
+                assert!(store
+                    .set_task_progress(id, node, progress, at)
+                    .expect("UNWRAP: progress"));
+            }
+        }
+        if let Some(completed_at) = expected.completed_at {
+            if expected.claimed_by.is_some() {
+                let end = TaskEnd {
+                    status: expected.status,
+                    result: expected.result.clone(),
+                    error: expected.error.clone(),
+                    completed_at,
+                };
+                let node = expected.claimed_by.as_deref().expect("UNWRAP: claimed");
+                assert!(store.finish_task(id, node, &end).expect("UNWRAP: finish"));
+            } else {
+                assert!(store.cancel_task(id, completed_at).expect("UNWRAP: cancel"));
+            }
+        }
+        assert_eq!(store.get_task(id).expect("UNWRAP: get").as_ref(), Some(&expected));
+    }
+}
+
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
@@ -47,6 +161,7 @@ fn generate_artefact() {
     {
         let store = dir.open();
         store.insert_process(&artefact_record()).expect("UNWRAP: insert");
+        write_artefact_tasks(&store);
         store
             .set_meta("boot_id", "2b7c4a3e-6f1d-4e8a-9b0c-1d2e3f4a5b6c")
             .expect("UNWRAP: set meta");
@@ -115,10 +230,38 @@ fn every_old_database_opens_migrates_and_reads_back() {
             store.get_meta("boot_id").expect("UNWRAP: meta").as_deref(),
             Some("2b7c4a3e-6f1d-4e8a-9b0c-1d2e3f4a5b6c")
         );
+        // Tasks exist from version 2 on; older files get an empty task table.
+        let tasks = store.list_tasks(&TaskFilter::default()).expect("UNWRAP: list tasks");
+        if version >= 2 {
+            let mut expected = artefact_tasks();
+            expected.reverse();
+            assert_eq!(tasks, expected, "v{version}");
+        } else {
+            assert!(tasks.is_empty(), "v{version}");
+        }
         // Migrated and writable.
         store
             .insert_process(&record("after-migration", 1, &[("session", "s-'1'")]))
             .expect("UNWRAP: insert");
+        let new = NewTask {
+            id: "after-migration".to_owned(),
+            task_type: "build".to_owned(),
+            params: json!({}),
+            submitted_at: 1,
+        };
+        assert!(matches!(
+            store.submit_task(&new).expect("UNWRAP: submit"),
+            Submitted::Created(_)
+        ));
+        let claimed = store
+            .claim_next_task(&[], "node-c", i64::MAX, 1_767_225_700_000)
+            .expect("UNWRAP: claim next")
+            .expect("UNWRAP: something to claim");
+        if version >= 2 {
+            assert_eq!(claimed.id, artefact_tasks()[1].id, "the expired claim first");
+        } else {
+            assert_eq!(claimed.id, "after-migration");
+        }
         store.health_check().expect("UNWRAP: healthy");
         drop(store);
         let migrated: i64 = raw(&dir.db())

@@ -9,3 +9,6 @@ mod lifecycle;
 mod meta;
 mod open;
 mod retention;
+mod task_races;
+mod task_recovery;
+mod tasks;

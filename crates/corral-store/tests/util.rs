@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use corral_store::{ProcessEnd, ProcessRecord, ProcessStart, ProcessState, SqliteStore};
+use corral_store::{
+    NewTask, ProcessEnd, ProcessRecord, ProcessStart, ProcessState, SqliteStore, Store, Submitted, TaskEnd, TaskRecord,
+    TaskStatus,
+};
 
 /// A directory of its own for one test, removed when dropped.
 pub(crate) struct TempDir {
@@ -78,4 +81,56 @@ pub(crate) fn end(state: ProcessState, exit_code: Option<i32>, ended_at: i64) ->
 /// A raw SQLite connection to the same file, to look under the store.
 pub(crate) fn raw(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(path).expect("UNWRAP: raw connection")
+}
+
+/// A task to submit, with small params naming it.
+pub(crate) fn new_task(id: &str, task_type: &str, submitted_at: i64) -> NewTask {
+    NewTask {
+        id: id.to_owned(),
+        task_type: task_type.to_owned(),
+        params: serde_json::json!({ "name": id }),
+        submitted_at,
+    }
+}
+
+/// Submits `new_task(id, task_type, submitted_at)`, which must be new.
+pub(crate) fn submit(store: &dyn Store, id: &str, task_type: &str, submitted_at: i64) -> TaskRecord {
+    match store
+        .submit_task(&new_task(id, task_type, submitted_at))
+        .expect("UNWRAP: submit")
+    {
+        Submitted::Created(record) => record,
+        other => panic!("{id}: expected Created, got {other:?}"),
+    }
+}
+
+/// Claims `id` for `node` at `now` with a lease of 1,000 ms; it must be claimable.
+pub(crate) fn claim(store: &dyn Store, id: &str, node: &str, now: i64) -> TaskRecord {
+    store
+        .claim_task(id, node, now + 1_000, now)
+        .expect("UNWRAP: claim")
+        .unwrap_or_else(|| panic!("{id}: not claimable by {node} at {now}"))
+}
+
+/// An end in `status` at `completed_at`, without result or error.
+pub(crate) fn task_end(status: TaskStatus, completed_at: i64) -> TaskEnd {
+    TaskEnd {
+        status,
+        result: None,
+        error: None,
+        completed_at,
+    }
+}
+
+/// The task, which must exist.
+pub(crate) fn task(store: &dyn Store, id: &str) -> TaskRecord {
+    store
+        .get_task(id)
+        .expect("UNWRAP: get task")
+        .unwrap_or_else(|| panic!("{id}: no such task"))
+}
+
+/// The ids of `tasks`, in order.
+pub(crate) fn ids(tasks: &[TaskRecord]) -> Vec<&str> {
+    tasks.iter().map(|task| task.id.as_str()).collect()
 }

@@ -108,21 +108,26 @@ impl Settings {
 // The daemon under test
 // ---------------------------------------------------------------------------------------------------
 
-/// A temporary directory, removed with everything in it when dropped.
-struct TempDir(PathBuf);
+/// A temporary directory, removed with everything in it when dropped unless `keep` is set.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
 
 impl TempDir {
     fn new() -> Result<Self> {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let path = std::env::temp_dir().join(format!("corral-bench-api-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(TempDir(path))
+        Ok(TempDir { path, keep: false })
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
 }
 
@@ -785,17 +790,54 @@ impl Results {
     }
 }
 
+/// What the run found besides the per-round results: the daemon and the machine.
+struct Run {
+    settings: Settings,
+    cpus: usize,
+    kernel: String,
+    load_start: String,
+    load_end: String,
+    pid: u32,
+    ready_after: Duration,
+    rss_idle_kib: u64,
+    rss_end_kib: u64,
+    hwm_end_kib: u64,
+    /// Records by state at the end, from `GET /health`.
+    counts: BTreeMap<String, u64>,
+    /// Every acknowledged `POST /processes`, warm-up included.
+    started_processes: u64,
+    exit: ExitStatus,
+    shutdown: Duration,
+    log_lines: usize,
+    log_problems: usize,
+}
+
 fn run() -> Result<()> {
     let settings = Settings::from_env()?;
+    let mut tmp = TempDir::new()?;
+    match measure_all(settings, &tmp.path) {
+        Ok((run, results)) => {
+            print!("{}", report(&run, &results)?);
+            Ok(())
+        }
+        Err(err) => {
+            tmp.keep = true;
+            Err(err.context(format!(
+                "the daemon's state dir and log are kept in {}",
+                tmp.path.display()
+            )))
+        }
+    }
+}
+
+/// Starts the daemon in `dir`, warms up, runs every round, and stops the daemon.
+fn measure_all(settings: Settings, dir: &Path) -> Result<(Run, Results)> {
     let duration = settings.duration();
     let rounds = settings.rounds;
     let load_start = loadavg();
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
 
-    let tmp = TempDir::new()?;
-    eprintln!("starting the daemon in {} ...", tmp.0.display());
-    let daemon = Arc::new(Daemon::start(&tmp.0)?);
+    eprintln!("starting the daemon in {} ...", dir.display());
+    let daemon = Arc::new(Daemon::start(dir)?);
     // The load generator: one thread, so that it takes at most one CPU from the daemon.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let ready_after = rt.block_on(daemon.wait_ready())?;
@@ -810,19 +852,16 @@ fn run() -> Result<()> {
     // Warm-up: the daemon's threads and store, the page cache, the spawn-rate program (built on first use).
     eprintln!("warm-up ...");
     let warm_up_raw = raw_spawn_rate(1, WARM_UP.as_secs_f64());
-    for (route, clients) in variants() {
+    let variants = variants();
+    for &(route, clients) in &variants {
         bench.measure(route, clients, WARM_UP)?;
     }
 
-    let variants = variants();
     let mut results = Results {
         api: variants.iter().map(|_| Vec::new()).collect(),
         raw: RAW_WORKERS
             .iter()
-            .map(|_| match &warm_up_raw {
-                Ok(_) => Ok(Vec::new()),
-                Err(why) => Err(why.clone()),
-            })
+            .map(|_| warm_up_raw.as_ref().map(|_| Vec::new()).map_err(Clone::clone))
             .collect(),
         after_round: Vec::new(),
     };
@@ -839,11 +878,16 @@ fn run() -> Result<()> {
                 "health 16 1, POST 16 1, raw"
             }
         );
-        let mut order: Vec<usize> = (0..variants.len()).collect();
-        if !forward {
-            // [health 1, health 16, POST 1, POST 16] -> [health 16, health 1, POST 16, POST 1]
-            order = vec![1, 0, 3, 2];
-        }
+        let order: Vec<usize> = [Route::Health, Route::Start]
+            .into_iter()
+            .flat_map(|route| {
+                let mut of_route: Vec<usize> = (0..variants.len()).filter(|&v| variants[v].0 == route).collect();
+                if !forward {
+                    of_route.reverse();
+                }
+                of_route
+            })
+            .collect();
         let mut raw_order: Vec<usize> = (0..RAW_WORKERS.len()).collect();
         if !forward {
             raw_order.reverse();
@@ -877,40 +921,69 @@ fn run() -> Result<()> {
     }
 
     // The end state, read before the daemon stops.
-    let health = bench.health()?;
-    let counts = record_counts(&health);
-    let records: u64 = counts.values().sum();
-    let (rss_end, hwm_end) = memory_kib(daemon.pid)?;
-    let started_processes = bench.started_processes;
+    let counts = record_counts(&bench.health()?);
+    let (rss_end_kib, hwm_end_kib) = memory_kib(daemon.pid)?;
     eprintln!("stopping the daemon ...");
     let (exit, shutdown) = daemon.stop()?;
     let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
-    let log_problems = log
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .count();
-    let load_end = loadavg();
+    let run = Run {
+        cpus: std::thread::available_parallelism().map_or(0, usize::from),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        load_start,
+        load_end: loadavg(),
+        pid: daemon.pid,
+        ready_after,
+        rss_idle_kib,
+        rss_end_kib,
+        hwm_end_kib,
+        counts,
+        started_processes: bench.started_processes,
+        exit,
+        shutdown,
+        log_lines: log.lines().count(),
+        log_problems: log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .count(),
+        settings,
+    };
+    Ok((run, results))
+}
 
-    // -----------------------------------------------------------------------------------------------
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// The Markdown report, ending with the one-line summary.
+fn report(run: &Run, results: &Results) -> Result<String, std::fmt::Error> {
+    let variants = variants();
+    let cpus = run.cpus;
     let mut out = String::new();
     writeln!(out, "# corral daemon API benchmarks\n")?;
     writeln!(
         out,
-        "- machine: {cpus} CPUs, Linux {}; load average {load_start} at start, {load_end} at end",
-        kernel.trim()
+        "- machine: {cpus} CPUs, Linux {}; load average {} at start, {} at end",
+        run.kernel, run.load_start, run.load_end
     )?;
     writeln!(
         out,
-        "- settings: {} s per variant per round, {rounds} rounds (order alternates); clients {CLIENTS:?}, each with \
-         one keep-alive HTTP/1.1 connection over the Unix socket, closed loop, on a current-thread tokio runtime",
-        settings.secs
+        "- settings: {} s per variant per round, {} rounds (order alternates); clients {CLIENTS:?}, each with one \
+         keep-alive HTTP/1.1 connection over the Unix socket, closed loop, on a current-thread tokio runtime",
+        run.settings.secs, run.settings.rounds
     )?;
     writeln!(
         out,
         "- daemon: `{}` (pid {}), fresh state dir; ready {:.0} ms after spawn; `POST /processes` runs `{TRUE}`",
         env!("CARGO_BIN_EXE_corral"),
-        daemon.pid,
-        ready_after.as_secs_f64() * 1e3
+        run.pid,
+        run.ready_after.as_secs_f64() * 1e3
     )?;
     writeln!(
         out,
@@ -920,7 +993,7 @@ fn run() -> Result<()> {
     writeln!(out, "\n## Throughput\n")?;
     writeln!(out, "| variant | per second | min | max | rounds | errors |")?;
     writeln!(out, "|---|---:|---:|---:|---|---:|")?;
-    let mut all_errors: Vec<(String, String, u64)> = Vec::new();
+    let mut all_errors: Vec<(String, &str, u64)> = Vec::new();
     for (v, &(route, clients)) in variants.iter().enumerate() {
         let rates = results.api_values(v, |s| s.rate);
         let (lo, hi) = min_max(&rates);
@@ -934,24 +1007,23 @@ fn run() -> Result<()> {
         )?;
         for sample in &results.api[v] {
             for (message, count) in &sample.errors {
-                all_errors.push((variant_name(route, clients), message.clone(), *count));
+                all_errors.push((variant_name(route, clients), message, *count));
             }
         }
     }
     for (w, raw) in results.raw.iter().enumerate() {
-        let workers = RAW_WORKERS[w];
+        let workers = plural(RAW_WORKERS[w], "worker");
         match raw {
             Ok(rates) => {
                 let (lo, hi) = min_max(rates);
                 writeln!(
                     out,
-                    "| raw `posix_spawn` + `waitpid` (C), {workers} worker{} | **{:.0}** | {lo:.0} | {hi:.0} | {} | - |",
-                    if workers == 1 { "" } else { "s" },
+                    "| raw `posix_spawn` + `waitpid` (C), {workers} | **{:.0}** | {lo:.0} | {hi:.0} | {} | - |",
                     median(rates),
                     list(rates, 0)
                 )?;
             }
-            Err(why) => writeln!(out, "| raw spawn rate, {workers} workers | skipped: {why} | | | | |")?,
+            Err(why) => writeln!(out, "| raw spawn rate, {workers} | skipped: {why} | | | | |")?,
         }
     }
 
@@ -961,14 +1033,13 @@ fn run() -> Result<()> {
     for (v, &(route, clients)) in variants.iter().enumerate() {
         let p50 = results.api_values(v, |s| s.p50_ms);
         let p99 = results.api_values(v, |s| s.p99_ms);
-        let max = results.api_values(v, |s| s.max_ms);
         writeln!(
             out,
             "| {} | **{:.2}** | **{:.2}** | {:.2} | {} | {} |",
             variant_name(route, clients),
             median(&p50),
             median(&p99),
-            median(&max),
+            median(&results.api_values(v, |s| s.max_ms)),
             list(&p50, 2),
             list(&p99, 2)
         )?;
@@ -986,49 +1057,42 @@ fn run() -> Result<()> {
             list(values, 2)
         )
     };
-    let post_index = |clients: usize| variants.iter().position(|&v| v == (Route::Start, clients));
-    let health_index = |clients: usize| variants.iter().position(|&v| v == (Route::Health, clients));
-    let mut summary_ratios: Vec<Option<f64>> = Vec::new();
-    for (w, &clients) in CLIENTS.iter().enumerate() {
-        let workers = RAW_WORKERS[w];
-        let (Some(p), Ok(raw)) = (post_index(clients), &results.raw[w]) else {
-            summary_ratios.push(None);
+    let index = |route: Route, clients: usize| variants.iter().position(|&v| v == (route, clients));
+    let rates = |route: Route, clients: usize| index(route, clients).map(|v| results.api_values(v, |s| s.rate));
+    // Per pair of CLIENTS[i] and RAW_WORKERS[i]: the median ratio, for the summary.
+    let mut to_raw: Vec<Option<f64>> = Vec::new();
+    for (&clients, (&workers, raw)) in CLIENTS.iter().zip(RAW_WORKERS.iter().zip(&results.raw)) {
+        let (Some(post), Ok(raw)) = (rates(Route::Start, clients), raw) else {
+            to_raw.push(None);
             continue;
         };
-        let values = ratios(&results.api_values(p, |s| s.rate), raw);
-        ratio_row(
-            &mut out,
-            &format!(
-                "`POST /processes` {clients} client{} / raw {workers} worker{}",
-                if clients == 1 { "" } else { "s" },
-                if workers == 1 { "" } else { "s" }
-            ),
-            &values,
-        )?;
-        summary_ratios.push(Some(median(&values)));
+        let values = ratios(&post, raw);
+        let name = format!(
+            "`POST /processes` {} / raw {}",
+            plural(clients, "client"),
+            plural(workers, "worker")
+        );
+        ratio_row(&mut out, &name, &values)?;
+        to_raw.push(Some(median(&values)));
     }
-    if let (Some(a), Some(b)) = (post_index(CLIENTS[1]), post_index(CLIENTS[0])) {
-        let values = ratios(&results.api_values(a, |s| s.rate), &results.api_values(b, |s| s.rate));
-        ratio_row(
-            &mut out,
-            &format!("`POST /processes` {} clients / 1 client", CLIENTS[1]),
-            &values,
-        )?;
+    for route in [Route::Start, Route::Health] {
+        if let (Some(many), Some(one)) = (rates(route, CLIENTS[1]), rates(route, CLIENTS[0])) {
+            let name = format!(
+                "`{}` {} clients / {}",
+                route.name(),
+                CLIENTS[1],
+                plural(CLIENTS[0], "client")
+            );
+            ratio_row(&mut out, &name, &ratios(&many, &one))?;
+        }
     }
-    if let (Some(a), Some(b)) = (health_index(CLIENTS[1]), health_index(CLIENTS[0])) {
-        let values = ratios(&results.api_values(a, |s| s.rate), &results.api_values(b, |s| s.rate));
-        ratio_row(
-            &mut out,
-            &format!("`GET /health` {} clients / 1 client", CLIENTS[1]),
-            &values,
-        )?;
-    }
-    if let (Ok(two), Ok(one)) = (&results.raw[1], &results.raw[0]) {
-        ratio_row(
-            &mut out,
-            &format!("raw {} workers / 1 worker", RAW_WORKERS[1]),
-            &ratios(two, one),
-        )?;
+    if let (Ok(many), Ok(one)) = (&results.raw[1], &results.raw[0]) {
+        let name = format!(
+            "raw {} / {}",
+            plural(RAW_WORKERS[1], "worker"),
+            plural(RAW_WORKERS[0], "worker")
+        );
+        ratio_row(&mut out, &name, &ratios(many, one))?;
     }
 
     writeln!(
@@ -1037,30 +1101,34 @@ fn run() -> Result<()> {
     )?;
     writeln!(
         out,
-        "| variant | daemon | its reaped children | bench client | machine busy (all {cpus} CPUs) | drain after load (ms) |"
+        "| variant | daemon | its reaped children | bench client | machine busy (all {cpus} CPUs) | drain after load (ms) \
+         | daemon per round |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---|")?;
     for (v, &(route, clients)) in variants.iter().enumerate() {
         let drain = if route == Route::Start {
             format!("{:.0}", median(&results.api_values(v, |s| s.drain_ms)))
         } else {
             "-".to_owned()
         };
+        let daemon_us = results.api_values(v, |s| s.cpu.daemon_us);
         writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} % | {drain} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} % | {drain} | {} |",
             variant_name(route, clients),
-            median(&results.api_values(v, |s| s.cpu.daemon_us)),
+            median(&daemon_us),
             median(&results.api_values(v, |s| s.cpu.children_us)),
             median(&results.api_values(v, |s| s.cpu.bench_us)),
             median(&results.api_values(v, |s| s.cpu.machine_busy_pct)),
+            list(&daemon_us, 0),
         )?;
     }
 
+    let records: u64 = run.counts.values().sum();
     writeln!(out, "\n## Daemon\n")?;
     writeln!(out, "| after | records | VmRSS (MiB) | VmHWM (MiB) |")?;
     writeln!(out, "|---|---:|---:|---:|")?;
-    writeln!(out, "| start-up (ready) | 0 | {:.1} | - |", mib(rss_idle_kib))?;
+    writeln!(out, "| start-up (ready) | 0 | {:.1} | - |", mib(run.rss_idle_kib))?;
     for (round, (records, rss, hwm)) in results.after_round.iter().enumerate() {
         writeln!(
             out,
@@ -1073,10 +1141,11 @@ fn run() -> Result<()> {
     writeln!(
         out,
         "| end | **{records}** | **{:.1}** | **{:.1}** |",
-        mib(rss_end),
-        mib(hwm_end)
+        mib(run.rss_end_kib),
+        mib(run.hwm_end_kib)
     )?;
-    let states = counts
+    let states = run
+        .counts
         .iter()
         .filter(|(_, n)| **n > 0)
         .map(|(state, n)| format!("{state} {n}"))
@@ -1084,27 +1153,30 @@ fn run() -> Result<()> {
         .join(", ");
     writeln!(
         out,
-        "\n- records written: {records} ({states}); acknowledged `POST /processes`: {started_processes} \
-         (warm-up included){}",
-        if records == started_processes {
+        "\n- records written: {records} ({states}); acknowledged `POST /processes`: {} (warm-up included){}",
+        run.started_processes,
+        if records == run.started_processes {
             ""
         } else {
             " — **they differ**"
         }
     )?;
     if records > 0 {
+        let growth = run.rss_end_kib.saturating_sub(run.rss_idle_kib);
         writeln!(
             out,
-            "- RSS growth from start-up to end: {:.1} MiB, {:.2} KiB per record",
-            mib(rss_end.saturating_sub(rss_idle_kib)),
-            rss_end.saturating_sub(rss_idle_kib) as f64 / records as f64
+            "- RSS growth from start-up to end: {:.1} MiB, {:.1} KiB per record",
+            mib(growth),
+            growth as f64 / records as f64
         )?;
     }
     writeln!(
         out,
-        "- SIGTERM to exit: {:.0} ms, {exit}; daemon log: {} lines, {log_problems} with WARN or ERROR",
-        shutdown.as_secs_f64() * 1e3,
-        log.lines().count()
+        "- SIGTERM to exit: {:.0} ms, {}; daemon log: {} lines, {} with WARN or ERROR",
+        run.shutdown.as_secs_f64() * 1e3,
+        run.exit,
+        run.log_lines,
+        run.log_problems
     )?;
     if all_errors.is_empty() {
         writeln!(out, "- request errors: none")?;
@@ -1116,39 +1188,36 @@ fn run() -> Result<()> {
     }
 
     // The summary line.
-    let fmt_ratio = |r: Option<f64>, workers: usize| match r {
-        Some(r) => format!(" = {r:.2}x raw {workers}w"),
-        None => String::new(),
-    };
     let mut summary = String::new();
     for (i, &clients) in CLIENTS.iter().enumerate() {
-        if let Some(p) = post_index(clients) {
+        if let Some(v) = index(Route::Start, clients) {
             write!(
                 summary,
-                "POST /processes {clients}c {:.0}/s{} p99 {:.1} ms; ",
-                median(&results.api_values(p, |s| s.rate)),
-                fmt_ratio(summary_ratios.get(i).copied().flatten(), RAW_WORKERS[i]),
-                median(&results.api_values(p, |s| s.p99_ms))
+                "POST /processes {clients}c {:.0}/s",
+                median(&results.api_values(v, |s| s.rate))
             )?;
+            if let Some(Some(ratio)) = to_raw.get(i) {
+                write!(summary, " = {ratio:.2}x raw {}w", RAW_WORKERS[i])?;
+            }
+            write!(summary, " p99 {:.1} ms; ", median(&results.api_values(v, |s| s.p99_ms)))?;
         }
     }
-    if let Some(h) = health_index(CLIENTS[1]) {
+    if let Some(v) = index(Route::Health, CLIENTS[1]) {
         write!(
             summary,
             "GET /health {}c {:.0}/s p99 {:.1} ms; ",
             CLIENTS[1],
-            median(&results.api_values(h, |s| s.rate)),
-            median(&results.api_values(h, |s| s.p99_ms))
+            median(&results.api_values(v, |s| s.rate)),
+            median(&results.api_values(v, |s| s.p99_ms))
         )?;
     }
     let error_total: u64 = all_errors.iter().map(|(_, _, n)| n).sum();
     write!(
         summary,
         "daemon RSS {:.1} MiB (peak {:.1}) after {records} records; {error_total} errors",
-        mib(rss_end),
-        mib(hwm_end)
+        mib(run.rss_end_kib),
+        mib(run.hwm_end_kib)
     )?;
     writeln!(out, "\n{summary}")?;
-    print!("{out}");
-    Ok(())
+    Ok(out)
 }

@@ -161,3 +161,56 @@ pub(crate) struct CheckJson {
 pub(crate) struct PipelineCreated {
     pub(crate) id: String,
 }
+
+/// `POST /tasks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubmitTask {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<String>,
+    #[serde(rename = "type")]
+    pub(crate) task_type: String,
+    #[serde(default)]
+    pub(crate) params: serde_json::Value,
+}
+
+/// A task as served.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TaskJson {
+    pub(crate) id: String,
+    #[serde(rename = "type")]
+    pub(crate) task_type: String,
+    pub(crate) status: String,
+    pub(crate) attempt: u32,
+    pub(crate) params: serde_json::Value,
+    pub(crate) result: Option<serde_json::Value>,
+    pub(crate) error: Option<String>,
+    pub(crate) progress: Option<serde_json::Value>,
+    pub(crate) submitted_at: Option<String>,
+    pub(crate) started_at: Option<String>,
+    pub(crate) completed_at: Option<String>,
+}
+
+impl From<&corral_store::TaskRecord> for TaskJson {
+    fn from(record: &corral_store::TaskRecord) -> Self {
+        TaskJson {
+            id: record.id.clone(),
+            task_type: record.task_type.clone(),
+            status: record.status.as_str().to_owned(),
+            attempt: record.attempt,
+            params: record.params.clone(),
+            result: record.result.clone(),
+            error: record.error.clone(),
+            progress: record.progress.clone(),
+            submitted_at: Some(rfc3339(record.submitted_at)),
+            started_at: record.started_at.map(rfc3339),
+            completed_at: record.completed_at.map(rfc3339),
+        }
+    }
+}
+
+impl TaskJson {
+    pub(crate) fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+    }
+}

@@ -55,6 +55,54 @@ pub(crate) enum Command {
     /// Pipelines of commands with dependencies.
     #[command(subcommand)]
     Pipeline(PipelineCommand),
+    /// Durable tasks: submitted once, run once, resumed after a crash.
+    #[command(subcommand)]
+    Task(TaskCommand),
+}
+
+/// `corral task ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TaskCommand {
+    /// Submit a task. With --id the submit is idempotent: the same id never runs twice (unless it failed).
+    Submit {
+        /// Task type: `process` ({"command": [...], "dir"?, "env"?, "timeout"?}) or `pipeline` (a pipeline spec).
+        #[arg(value_name = "TYPE")]
+        task_type: String,
+        /// The task's id, a UUID [default: a new one].
+        #[arg(long)]
+        id: Option<String>,
+        /// Params as JSON, or @FILE to read them from a file.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        params: String,
+        /// Wait until the task has finished; exit 1 if it failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List tasks, newest first.
+    Ls {
+        /// Only tasks with this status (queued, running, completed, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only tasks of this type.
+        #[arg(long = "type", value_name = "TYPE")]
+        task_type: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show one task.
+    Get {
+        /// Task id.
+        id: String,
+        /// Wait until it has finished; exit 1 if it failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove a task: a running one is stopped first (its process tree too). It never comes back.
+    Rm {
+        /// Task id.
+        id: String,
+    },
 }
 
 /// `corral daemon`.

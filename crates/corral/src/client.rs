@@ -2,4 +2,5 @@
 
 pub(crate) mod commands;
 pub(crate) mod progress;
+pub(crate) mod tasks;
 pub(crate) mod transport;

@@ -24,6 +24,18 @@ struct ConfigFile {
     webhook: Option<WebhookSection>,
     #[serde(default)]
     notify: Vec<NotifyConfig>,
+    #[serde(default)]
+    tasks: TasksSection,
+}
+
+/// `[tasks]`: retention of finished tasks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TasksSection {
+    /// Finished tasks older than this are deleted (default 7 days).
+    retention: Option<String>,
+    /// At most this many finished tasks are kept (default 10,000).
+    keep: Option<usize>,
 }
 
 /// One `[[token]]`: a bearer token for the TCP listener and the scopes it grants.
@@ -94,6 +106,8 @@ pub(crate) struct Config {
     pub(crate) listen: Option<String>,
     pub(crate) store_path: PathBuf,
     pub(crate) job_ttl: Duration,
+    pub(crate) task_retention: Duration,
+    pub(crate) task_keep: usize,
     pub(crate) tokens: Vec<TokenConfig>,
     pub(crate) github_webhook: Option<GithubWebhook>,
     pub(crate) notify: Vec<NotifyConfig>,
@@ -202,6 +216,12 @@ impl Config {
             Some(text) => corral_core::units::parse_duration(&text)
                 .map_err(|err| ConfigError(format!("{name}: key `job_ttl`: {err}")))?,
         };
+        let task_retention = match &file.tasks.retention {
+            None => Duration::from_secs(7 * 24 * 3600),
+            Some(text) => corral_core::units::parse_duration(text)
+                .map_err(|err| ConfigError(format!("{name}: [tasks] key `retention`: {err}")))?,
+        };
+        let task_keep = file.tasks.keep.unwrap_or(10_000);
         if let Some(listen) = &file.listen {
             if listen.parse::<std::net::SocketAddr>().is_err() {
                 return Err(ConfigError(format!(
@@ -275,6 +295,8 @@ impl Config {
             listen: file.listen,
             store_path,
             job_ttl,
+            task_retention,
+            task_keep,
             tokens,
             github_webhook: file.webhook.and_then(|w| w.github),
             notify: file.notify,

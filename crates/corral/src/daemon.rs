@@ -15,6 +15,7 @@ pub(crate) mod openapi;
 pub(crate) mod pipelines;
 pub(crate) mod registry;
 pub(crate) mod server;
+pub(crate) mod tasks;
 pub(crate) mod timed_store;
 
 use std::os::unix::fs::DirBuilderExt;
@@ -23,8 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use corral_core::builtin::{PipelineTask, ProcessTask};
 use corral_core::events::EventBus;
 use corral_core::processes::ProcessManager;
+use corral_core::tasks::TaskEngine;
 use corral_store::{SqliteStore, Store};
 
 use crate::config::Config;
@@ -118,17 +121,52 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         stale = reconcile.stale,
         "process records reconciled"
     );
+    let tasks = TaskEngine::builder()
+        .handler("process", ProcessTask::new(processes.clone()))
+        .handler("pipeline", PipelineTask::new(processes.clone()))
+        .build(store.clone(), bus.clone(), Some(processes.clone()))
+        .context("starting the task engine")?;
+    let recovery = tasks.recover().await.context("recovering tasks")?;
+    tracing::info!(
+        rerun = recovery.rerun,
+        failed = recovery.failed,
+        queued = recovery.queued,
+        stopped_leftovers = recovery.stopped_processes,
+        node = tasks.node(),
+        "tasks recovered"
+    );
+    {
+        // Retention of finished tasks: once now, then hourly.
+        let tasks = tasks.clone();
+        let (max_age, keep) = (config.task_retention, config.task_keep);
+        tokio::spawn(async move {
+            loop {
+                match tasks.apply_retention(max_age, keep) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "finished tasks past retention deleted"),
+                    Err(err) => tracing::warn!(error = %err, "task retention failed"),
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
+    }
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         inner: Arc::new(AppInner {
             pipelines: pipelines::Pipelines::new(processes.clone(), bus.clone()),
             processes: processes.clone(),
+            tasks: tasks.clone(),
             bus,
             metrics,
             tokens,
             started: Instant::now(),
             state_dir: config.state_dir.clone(),
+            store_dir: config
+                .store_path
+                .parent()
+                .map(|p| p.to_owned())
+                .unwrap_or_else(|| config.state_dir.clone()),
             ready: AtomicBool::new(false),
             reconcile,
             shutdown: shutdown_rx.clone(),
@@ -205,6 +243,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("listeners did not close within 5 s; closing anyway");
     }
     state.inner.pipelines.cancel_all();
+    // Tasks first: they go back to `queued` (to resume at the next start) as their processes stop.
+    tasks.shutdown().await;
     processes.shutdown_all(SHUTDOWN_GRACE).await;
     let _ = std::fs::remove_file(&socket_path);
     if let Some(path) = registered {

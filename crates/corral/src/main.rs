@@ -63,5 +63,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Signal(args) => client::commands::signal(&client()?, args, cli.json).await,
         Command::Daemons => client::commands::daemons(cli.json),
         Command::Pipeline(command) => client::commands::pipeline(&client()?, command, cli.json).await,
+        Command::Task(command) => client::tasks::task(&client()?, command, cli.json).await,
     }
 }

@@ -7,3 +7,4 @@ mod auth;
 mod lifecycle;
 mod pipelines;
 mod processes;
+mod tasks;

@@ -4,7 +4,7 @@
 //! [`migrate`] applies the missing ones in order, each in its own `BEGIN IMMEDIATE` transaction together
 //! with the `user_version` bump, so a crash leaves the database at a version boundary.
 //!
-//! Rules for adding a migration (tasks with claims and leases, exec jobs, services, …):
+//! Rules for adding a migration (exec jobs, services, …):
 //!
 //! - Append a new string; never edit one that has shipped: existing databases already ran it.
 //! - Generate the compatibility artefact of the new version (`tests/data/v<N>.sqlite`, see
@@ -71,8 +71,48 @@ CREATE TABLE process_label (
 CREATE INDEX process_label_kv ON process_label (key, value);
 ";
 
+/// Version 2: durable tasks, claimed by nodes with leases.
+///
+/// - `task.seq` is the submission order: the tie-break of every `submitted_at` ordering (FIFO claims,
+///   listings), and stable across `VACUUM` like `process.seq`.
+/// - `params`, `result` and `progress` are JSON text; `status` is text without a `CHECK`, like
+///   `process.state`.
+/// - Indexes, each for one query (`seq` is the rowid, so it ends every index implicitly):
+///   - `task_claim (status, task_type, submitted_at, seq)`: the oldest queued task of one type, one index
+///     lookup per type; also `count_tasks` (a covering scan, already grouped) and listings by status and type;
+///   - `task_queue (status, submitted_at, seq)`: the oldest queued task of any type, `queued_tasks`, listings
+///     by status;
+///   - `task_submitted (submitted_at, seq)`: listings, newest first;
+///   - `task_lease (status, lease_expires_at)`: expired claims, recovery;
+///   - `task_completed (completed_at)`, partial: retention.
+/// - Times are unix milliseconds.
+const V2: &str = "
+CREATE TABLE task (
+    seq              INTEGER PRIMARY KEY,
+    id               TEXT NOT NULL UNIQUE CHECK (id <> ''),
+    task_type        TEXT NOT NULL,
+    params           TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    result           TEXT,
+    error            TEXT,
+    progress         TEXT,
+    claimed_by       TEXT,
+    lease_expires_at INTEGER,
+    submitted_at     INTEGER NOT NULL,
+    started_at       INTEGER,
+    completed_at     INTEGER,
+    updated_at       INTEGER NOT NULL
+);
+CREATE INDEX task_claim ON task (status, task_type, submitted_at, seq);
+CREATE INDEX task_queue ON task (status, submitted_at, seq);
+CREATE INDEX task_submitted ON task (submitted_at, seq);
+CREATE INDEX task_lease ON task (status, lease_expires_at);
+CREATE INDEX task_completed ON task (completed_at) WHERE completed_at IS NOT NULL;
+";
+
 /// Every migration, in order. The schema version of a fully migrated database is `MIGRATIONS.len()`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes and reads.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -148,7 +188,7 @@ mod tests {
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
             .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
             .expect("UNWRAP: list tables");
-        assert_eq!(tables, ["heartbeat", "meta", "process", "process_label"]);
+        assert_eq!(tables, ["heartbeat", "meta", "process", "process_label", "task"]);
     }
 
     #[test]

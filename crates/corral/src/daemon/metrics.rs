@@ -20,6 +20,7 @@ struct Inner {
     store_seconds: f64,
     store_max_seconds: f64,
     events: BTreeMap<String, u64>,
+    task_events: BTreeMap<(String, String), u64>,
 }
 
 impl Metrics {
@@ -33,6 +34,15 @@ impl Metrics {
         *inner.events.entry(kind.to_owned()).or_default() += 1;
         match kind {
             "process.started" => inner.starts += 1,
+            kind if kind.starts_with("task.") => {
+                let kind = kind.trim_start_matches("task.").to_owned();
+                let task_type = data
+                    .get("type")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("unknown")
+                    .to_owned();
+                *inner.task_events.entry((task_type, kind)).or_default() += 1;
+            }
             "process.exited" => {
                 let state = data
                     .get("state")
@@ -126,6 +136,19 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE corral_store_operation_max_seconds gauge");
         let _ = writeln!(out, "corral_store_operation_max_seconds {:.6}", inner.store_max_seconds);
+        let _ = writeln!(
+            out,
+            "# HELP corral_task_transitions_total Task lifecycle events by type and kind."
+        );
+        let _ = writeln!(out, "# TYPE corral_task_transitions_total counter");
+        for ((task_type, kind), n) in &inner.task_events {
+            let _ = writeln!(
+                out,
+                "corral_task_transitions_total{{type=\"{}\",event=\"{}\"}} {n}",
+                escape(task_type),
+                escape(kind)
+            );
+        }
         let _ = writeln!(out, "# HELP corral_events_total Events published on the bus, by kind.");
         let _ = writeln!(out, "# TYPE corral_events_total counter");
         for (kind, n) in &inner.events {
@@ -137,4 +160,18 @@ impl Metrics {
 
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Appends task counts by type and status.
+pub(crate) fn render_tasks(out: &mut String, counts: &BTreeMap<(String, corral_store::TaskStatus), u64>) {
+    let _ = writeln!(out, "# HELP corral_tasks Tasks by type and status.");
+    let _ = writeln!(out, "# TYPE corral_tasks gauge");
+    for ((task_type, status), n) in counts {
+        let _ = writeln!(
+            out,
+            "corral_tasks{{type=\"{}\",status=\"{}\"}} {n}",
+            escape(task_type),
+            status.as_str()
+        );
+    }
 }

@@ -5,7 +5,7 @@
 //! themselves are kept in memory for now: after a daemon restart `GET /pipelines/{id}` no longer knows
 //! them (durable pipelines arrive as the `pipeline` task type).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -15,18 +15,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use corral_core::events::EventBus;
-use corral_core::pipeline::{
-    CancelToken, LaunchFuture, Pipeline, PipelineEvent, PipelineRun, PipelineSpec, Runner, StepContext, StepLauncher,
-    StepResult, StepRun, StepSpec,
-};
-use corral_core::processes::{ProcessManager, ProcessesError, StartRequest};
-use corral_proc::Stream;
+use corral_core::pipeline::{CancelToken, Pipeline, PipelineEvent, PipelineRun, PipelineSpec, Runner, StepResult};
+use corral_core::processes::ProcessManager;
+use corral_core::steps::ManagedLauncher;
 use serde_json::{json, Value};
 
 use crate::daemon::server::{ApiJson, AppError, AppState};
-
-/// Bytes of output kept per step in its result.
-const TAIL_BYTES: usize = 4096;
 
 struct Entry {
     run: PipelineRun,
@@ -59,10 +53,7 @@ impl Pipelines {
             .map_err(|err| AppError::bad_request("invalid_pipeline", format!("invalid pipeline: {err}")))?;
         let id = uuid::Uuid::new_v4().to_string();
         let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-        let launcher = DaemonLauncher {
-            processes: self.processes.clone(),
-            pipeline_id: id.clone(),
-        };
+        let launcher = ManagedLauncher::new(self.processes.clone(), id.clone());
         let runner = Runner::new(launcher).events(events_tx).cancel_token(CancelToken::new());
         let run = runner.start(pipeline);
         self.runs().insert(
@@ -136,65 +127,6 @@ fn step_json(step: &StepResult) -> Value {
         "started_at": step.started_at,
         "ended_at": step.ended_at,
     })
-}
-
-/// Runs each step as a managed process with a durable record.
-struct DaemonLauncher {
-    processes: ProcessManager,
-    pipeline_id: String,
-}
-
-impl StepLauncher for DaemonLauncher {
-    fn launch<'a>(&'a self, step: &'a StepSpec, context: StepContext) -> LaunchFuture<'a> {
-        Box::pin(async move {
-            if context.cancel.is_cancelled() {
-                return StepRun::cancelled_before_start();
-            }
-            let request = StartRequest {
-                command: step.command.clone(),
-                dir: step.dir.clone(),
-                env: step.env.clone(),
-                labels: BTreeMap::from([
-                    ("pipeline".to_owned(), self.pipeline_id.clone()),
-                    ("step".to_owned(), step.name.clone()),
-                ]),
-                source: "pipeline".into(),
-                timeout: step.timeout,
-                grace: Some(context.grace),
-                stdin: false,
-                id: None,
-            };
-            let started = std::time::Instant::now();
-            let record = match self.processes.start(request) {
-                Ok(record) => record,
-                Err(ProcessesError::Spawn { error, .. }) => return StepRun::failed_to_start(error, started.elapsed()),
-                Err(err) => return StepRun::failed_to_start(err, started.elapsed()),
-            };
-            let Some(process) = self.processes.process(&record.id) else {
-                return StepRun::failed_to_start("process vanished right after start", started.elapsed());
-            };
-            let finished = tokio::select! {
-                finished = process.wait() => finished,
-                _ = context.cancel.cancelled() => {
-                    let _ = self.processes.stop(&record.id, Some(context.grace)).await;
-                    process.wait().await
-                }
-            };
-            self.processes.wait_recorded(&record.id).await;
-            StepRun::from_finished(&finished, step, output_tail(&process))
-        })
-    }
-}
-
-fn output_tail(process: &corral_proc::Process) -> String {
-    let mut text = String::new();
-    for stream in [Stream::Stdout, Stream::Stderr] {
-        if let Some(out) = process.output(stream) {
-            let start = out.bytes.len().saturating_sub(TAIL_BYTES);
-            text.push_str(&String::from_utf8_lossy(&out.bytes[start..]));
-        }
-    }
-    text
 }
 
 /// Resolves relative step dirs against the pipeline file's folder (the CLI does this before sending).

@@ -50,12 +50,15 @@ pub(crate) struct AppState {
 
 pub(crate) struct AppInner {
     pub(crate) processes: ProcessManager,
+    pub(crate) tasks: corral_core::tasks::TaskEngine,
     pub(crate) pipelines: Pipelines,
     pub(crate) bus: EventBus,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tokens: Tokens,
     pub(crate) started: Instant,
     pub(crate) state_dir: PathBuf,
+    /// The folder of the store's file (often the state dir; may be another filesystem).
+    pub(crate) store_dir: PathBuf,
     pub(crate) ready: AtomicBool,
     pub(crate) reconcile: ReconcileReport,
     /// Flips to true at shutdown; long-lived streams end on it.
@@ -206,6 +209,7 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/processes/{id}/stdin", post(stdin_process))
         .route("/processes/{id}/output", get(process_output))
         .merge(crate::daemon::pipelines::router())
+        .merge(crate::daemon::tasks::router())
         .fallback(|| async { AppError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             AppError::new(
@@ -283,7 +287,7 @@ async fn health(State(state): State<AppState>) -> Response {
             error: store_check.err().map(|e| e.to_string()),
         },
     );
-    let disk = disk_check(&state.inner.state_dir);
+    let disk = disk_check(&state.inner.state_dir).and_then(|()| disk_check(&state.inner.store_dir));
     checks.insert(
         "disk".to_owned(),
         CheckJson {
@@ -319,12 +323,13 @@ async fn health(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Free space in the state dir: unhealthy below 64 MiB or 1 %.
+/// Free space where we write: unhealthy below 64 MiB, or below 5 % on a filesystem smaller than 1.25 GiB.
 fn disk_check(dir: &std::path::Path) -> Result<(), String> {
     let stat = rustix::fs::statvfs(dir).map_err(|err| format!("cannot stat {}: {err}", dir.display()))?;
     let free = stat.f_bavail.saturating_mul(stat.f_frsize);
     let total = stat.f_blocks.saturating_mul(stat.f_frsize);
-    if free < 64 * 1024 * 1024 || (total > 0 && free.saturating_mul(100) < total) {
+    let threshold = (64 * 1024 * 1024).min(total / 20);
+    if free < threshold || free == 0 {
         return Err(format!("only {} MiB free in {}", free / (1024 * 1024), dir.display()));
     }
     Ok(())
@@ -350,10 +355,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_iter()
         .map(|(s, n)| (s.as_str().to_owned(), n))
         .collect();
-    let text = state
+    let mut text = state
         .inner
         .metrics
         .render(&counts, state.inner.processes.running_count());
+    let tasks = state.inner.tasks.counts().unwrap_or_default();
+    crate::daemon::metrics::render_tasks(&mut text, &tasks);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -4,7 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use corral_store::{ProcessEnd, ProcessFilter, ProcessRecord, ProcessStart, ProcessState, Store, StoreError};
+use corral_store::{
+    NewTask, ProcessEnd, ProcessFilter, ProcessRecord, ProcessStart, ProcessState, Store, StoreError, Submitted,
+    TaskEnd, TaskFilter, TaskRecord, TaskStatus,
+};
+use serde_json::Value;
 
 use crate::daemon::metrics::Metrics;
 
@@ -60,5 +64,56 @@ impl Store for TimedStore {
     }
     fn health_check(&self) -> Result<(), StoreError> {
         self.timed(|s| s.health_check())
+    }
+    fn submit_task(&self, new: &NewTask) -> Result<Submitted, StoreError> {
+        self.timed(|s| s.submit_task(new))
+    }
+    fn claim_task(&self, id: &str, node: &str, lease_until: i64, now: i64) -> Result<Option<TaskRecord>, StoreError> {
+        self.timed(|s| s.claim_task(id, node, lease_until, now))
+    }
+    fn claim_next_task(
+        &self,
+        task_types: &[String],
+        node: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        self.timed(|s| s.claim_next_task(task_types, node, lease_until, now))
+    }
+    fn renew_task_lease(&self, id: &str, node: &str, lease_until: i64) -> Result<bool, StoreError> {
+        self.timed(|s| s.renew_task_lease(id, node, lease_until))
+    }
+    fn set_task_progress(&self, id: &str, node: &str, progress: &Value, now: i64) -> Result<bool, StoreError> {
+        self.timed(|s| s.set_task_progress(id, node, progress, now))
+    }
+    fn finish_task(&self, id: &str, node: &str, end: &TaskEnd) -> Result<bool, StoreError> {
+        self.timed(|s| s.finish_task(id, node, end))
+    }
+    fn requeue_task(&self, id: &str, node: &str, now: i64) -> Result<bool, StoreError> {
+        self.timed(|s| s.requeue_task(id, node, now))
+    }
+    fn cancel_task(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        self.timed(|s| s.cancel_task(id, now))
+    }
+    fn delete_task(&self, id: &str) -> Result<bool, StoreError> {
+        self.timed(|s| s.delete_task(id))
+    }
+    fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.timed(|s| s.get_task(id))
+    }
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
+        self.timed(|s| s.list_tasks(filter))
+    }
+    fn count_tasks(&self) -> Result<BTreeMap<(String, TaskStatus), u64>, StoreError> {
+        self.timed(|s| s.count_tasks())
+    }
+    fn tasks_to_recover(&self, node: &str, now: i64) -> Result<Vec<TaskRecord>, StoreError> {
+        self.timed(|s| s.tasks_to_recover(node, now))
+    }
+    fn queued_tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        self.timed(|s| s.queued_tasks(limit))
+    }
+    fn delete_finished_tasks(&self, completed_before: i64, keep_newest: usize) -> Result<u64, StoreError> {
+        self.timed(|s| s.delete_finished_tasks(completed_before, keep_newest))
     }
 }

@@ -1,0 +1,797 @@
+//! The durable task engine: typed handlers, caller-chosen ids, idempotent submit, crash recovery.
+//!
+//! # Model
+//!
+//! The [`Store`] is the single source of truth. [`TaskEngine::submit`] commits the task (`queued`)
+//! before it returns, so an acknowledged submit survives a crash. A task runs only after this node has
+//! *claimed* it in the store (`queued` → `running`, attempt + 1, a lease): on one machine that is a
+//! formality, in a fleet sharing one PostgreSQL store it is what makes a task run once. A running task's
+//! lease is renewed while it runs; its end is written once, and only by the node that holds the claim.
+//!
+//! - A new id runs. An id that is queued, running or completed is not run again: its current record is
+//!   returned. An id that failed is queued again and runs with its attempt counter + 1.
+//! - Every task runs in its own tokio task with its own [`CancelToken`]; a per-type concurrency limit
+//!   queues the rest, first in, first out.
+//! - At start, [`TaskEngine::recover`] re-runs tasks left `running` by a crash when their type is
+//!   idempotent (the default), after stopping any process still running from the interrupted attempt
+//!   (identity-checked, never by pid alone); a non-idempotent one is marked failed. Tasks left `queued`
+//!   are queued again.
+//! - [`TaskEngine::shutdown`] cancels running tasks and puts them back to `queued`: a task stopped by a
+//!   shutdown is not failed, it resumes at the next start.
+//! - [`TaskEngine::remove`] deletes the row first (so it can never come back, even after a crash), then
+//!   cancels the run and waits until its process tree is gone.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use corral_core::events::EventBus;
+//! use corral_core::tasks::{typed, TaskEngine, TaskError};
+//! use corral_store::SqliteStore;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Greet { name: String }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Arc::new(SqliteStore::open_in_memory()?);
+//! let engine = TaskEngine::builder()
+//!     .handler("greet", typed(|params: Greet, _ctx| async move {
+//!         Ok::<_, TaskError>(serde_json::json!({ "greeting": format!("hello {}", params.name) }))
+//!     }))
+//!     .build(store, EventBus::new(), None)?;
+//! let id = "6f9619ff-8b86-d011-b42d-00c04fc964ff";
+//! let submitted = engine.submit(Some(id), "greet", serde_json::json!({"name": "corral"}))?;
+//! assert!(submitted.is_new());
+//! let done = engine.wait(id, std::time::Duration::from_secs(30)).await?.expect("known task");
+//! assert_eq!(done.result.unwrap()["greeting"], "hello corral");
+//! // The same id again is not run again.
+//! assert!(!engine.submit(Some(id), "greet", serde_json::json!({"name": "x"}))?.is_new());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_store::{
+    NewTask, ProcessFilter, ProcessState, Store, StoreError, Submitted, TaskEnd, TaskFilter, TaskRecord, TaskStatus,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Semaphore};
+
+use crate::events::{now_ms, EventBus};
+use crate::pipeline::CancelToken;
+use crate::processes::ProcessManager;
+
+/// Default lease: a node that stops renewing for this long loses its claim.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// How a task run failed, as a handler reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskError {
+    /// Why, for humans.
+    pub message: String,
+    /// A result to keep even though the task failed (e.g. the output tail of a failed process).
+    pub result: Option<Value>,
+}
+
+impl TaskError {
+    /// A failure with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        TaskError {
+            message: message.into(),
+            result: None,
+        }
+    }
+
+    /// Keeps `result` with the failure.
+    pub fn with_result(mut self, result: Value) -> Self {
+        self.result = Some(result);
+        self
+    }
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+/// Errors of the engine's API.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The id is not a UUID.
+    #[error("task id {0:?} is not a UUID")]
+    InvalidId(String),
+    /// No handler for this type.
+    #[error("unknown task type {0:?} (known: {1})")]
+    UnknownType(String, String),
+    /// The params do not fit the type.
+    #[error("invalid params for task type {task_type:?}: {reason}")]
+    InvalidParams {
+        /// The type.
+        task_type: String,
+        /// Why.
+        reason: String,
+    },
+    /// A type was registered twice.
+    #[error("task type {0:?} registered twice")]
+    DuplicateType(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The future a handler returns.
+pub type TaskFuture = Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>;
+
+/// What a handler gets besides its params.
+#[derive(Clone, Debug)]
+pub struct TaskContext {
+    id: String,
+    attempt: u32,
+    cancel: CancelToken,
+    progress: ProgressSink,
+}
+
+impl TaskContext {
+    /// The task's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Which run this is: 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Fires when the task is cancelled (removed, or the daemon shuts down). A handler must then stop
+    /// its work (and any process it started) and return.
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.cancel
+    }
+
+    /// Records progress (any JSON) in the store, visible in `GET /tasks/{id}`.
+    pub fn set_progress(&self, progress: Value) {
+        self.progress.set(&self.id, progress);
+    }
+}
+
+#[derive(Clone)]
+struct ProgressSink {
+    store: Arc<dyn Store>,
+    node: String,
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgressSink")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProgressSink {
+    fn set(&self, id: &str, progress: Value) {
+        if let Err(err) = self.store.set_task_progress(id, &self.node, &progress, now_ms()) {
+            tracing::warn!(task = id, error = %err, "cannot record task progress");
+        }
+    }
+}
+
+/// Runs tasks of one type.
+pub trait TaskHandler: Send + Sync + 'static {
+    /// Runs one attempt. `Ok(result)` completes the task; `Err` fails it.
+    fn run(&self, params: Value, context: TaskContext) -> TaskFuture;
+
+    /// Checks params at submit time, so bad ones are refused (400) instead of failing later.
+    fn validate(&self, _params: &Value) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A handler whose params deserialize into `P`; see [`typed`].
+pub struct Typed<P, F> {
+    f: F,
+    _params: PhantomData<fn(P)>,
+}
+
+/// Wraps an async function of typed params into a [`TaskHandler`]: params that do not deserialize
+/// into `P` are refused at submit with serde's message.
+pub fn typed<P, F, Fut>(f: F) -> Typed<P, F>
+where
+    P: DeserializeOwned + Send + 'static,
+    F: Fn(P, TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
+{
+    Typed {
+        f,
+        _params: PhantomData,
+    }
+}
+
+impl<P, F, Fut> TaskHandler for Typed<P, F>
+where
+    P: DeserializeOwned + Send + 'static,
+    F: Fn(P, TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
+{
+    fn run(&self, params: Value, context: TaskContext) -> TaskFuture {
+        match serde_json::from_value::<P>(params) {
+            Ok(params) => Box::pin((self.f)(params, context)),
+            Err(err) => Box::pin(async move { Err(TaskError::new(format!("invalid params: {err}"))) }),
+        }
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), String> {
+        serde_json::from_value::<P>(params.clone())
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+}
+
+/// Per-type settings.
+#[derive(Debug, Clone, Copy)]
+pub struct TypeOptions {
+    /// Safe to run again after a crash interrupted it (the default, as in seictl). When false, a task
+    /// left running by a crash is marked failed instead.
+    pub idempotent: bool,
+    /// At most this many of this type run at once; the rest wait, first in, first out.
+    pub concurrency: Option<usize>,
+}
+
+impl Default for TypeOptions {
+    fn default() -> Self {
+        TypeOptions {
+            idempotent: true,
+            concurrency: None,
+        }
+    }
+}
+
+struct TypeEntry {
+    handler: Arc<dyn TaskHandler>,
+    options: TypeOptions,
+    permits: Option<Arc<Semaphore>>,
+}
+
+/// Builds a [`TaskEngine`].
+#[derive(Default)]
+pub struct TaskEngineBuilder {
+    types: Vec<(String, Arc<dyn TaskHandler>, TypeOptions)>,
+    lease: Option<Duration>,
+}
+
+impl TaskEngineBuilder {
+    /// Registers a handler for `task_type` with default options.
+    pub fn handler(self, task_type: &str, handler: impl TaskHandler) -> Self {
+        self.handler_with(task_type, handler, TypeOptions::default())
+    }
+
+    /// Registers a handler with options.
+    pub fn handler_with(mut self, task_type: &str, handler: impl TaskHandler, options: TypeOptions) -> Self {
+        self.types.push((task_type.to_owned(), Arc::new(handler), options));
+        self
+    }
+
+    /// The claim lease (default 30 s); renewed every third of it.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Builds the engine over `store`. With `processes`, processes left over from an interrupted run
+    /// (labelled `task=<id>`) are stopped before the task runs again.
+    pub fn build(
+        self,
+        store: Arc<dyn Store>,
+        bus: EventBus,
+        processes: Option<ProcessManager>,
+    ) -> Result<TaskEngine, EngineError> {
+        let mut types = HashMap::new();
+        for (name, handler, options) in self.types {
+            let permits = options.concurrency.map(|n| Arc::new(Semaphore::new(n.max(1))));
+            if types
+                .insert(
+                    name.clone(),
+                    TypeEntry {
+                        handler,
+                        options,
+                        permits,
+                    },
+                )
+                .is_some()
+            {
+                return Err(EngineError::DuplicateType(name));
+            }
+        }
+        let node = match store.get_meta("node_id")? {
+            Some(node) => node,
+            None => {
+                let node = format!("node-{}", uuid::Uuid::new_v4());
+                store.set_meta("node_id", &node)?;
+                node
+            }
+        };
+        Ok(TaskEngine {
+            inner: Arc::new(Inner {
+                store,
+                bus,
+                node,
+                types,
+                lease: self.lease.unwrap_or(DEFAULT_LEASE),
+                running: Mutex::new(HashMap::new()),
+                processes,
+            }),
+        })
+    }
+}
+
+/// Why a run was cancelled; decides what is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Removed,
+    Shutdown,
+}
+
+struct Running {
+    cancel: CancelToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+    done: watch::Receiver<bool>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    bus: EventBus,
+    node: String,
+    types: HashMap<String, TypeEntry>,
+    lease: Duration,
+    running: Mutex<HashMap<String, Running>>,
+    processes: Option<ProcessManager>,
+}
+
+/// What [`TaskEngine::submit`] did.
+#[derive(Debug, Clone)]
+pub enum SubmitResult {
+    /// A new task, queued.
+    Created(TaskRecord),
+    /// The id failed before: queued again.
+    Requeued(TaskRecord),
+    /// The id is known (queued, running, completed or cancelled): nothing changed.
+    Existing(TaskRecord),
+}
+
+impl SubmitResult {
+    /// True when this submit queued a run (new, or a failed id again).
+    pub fn is_new(&self) -> bool {
+        !matches!(self, SubmitResult::Existing(_))
+    }
+
+    /// The task's record.
+    pub fn record(&self) -> &TaskRecord {
+        match self {
+            SubmitResult::Created(r) | SubmitResult::Requeued(r) | SubmitResult::Existing(r) => r,
+        }
+    }
+}
+
+/// Counts from [`TaskEngine::recover`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Tasks left running by a crash and queued to run again.
+    pub rerun: usize,
+    /// Non-idempotent tasks left running by a crash, marked failed.
+    pub failed: usize,
+    /// Tasks left queued, queued again.
+    pub queued: usize,
+    /// Leftover processes of interrupted runs that were stopped first.
+    pub stopped_processes: usize,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct TaskEngine {
+    inner: Arc<Inner>,
+}
+
+impl TaskEngine {
+    /// Starts building an engine.
+    pub fn builder() -> TaskEngineBuilder {
+        TaskEngineBuilder::default()
+    }
+
+    /// This node's id (persistent in the store).
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// The registered types, sorted.
+    pub fn types(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.types.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Submits a task; with `id` (a UUID) the submit is idempotent. Committed before it returns.
+    pub fn submit(&self, id: Option<&str>, task_type: &str, params: Value) -> Result<SubmitResult, EngineError> {
+        let id = match id {
+            Some(id) => uuid::Uuid::parse_str(id)
+                .map(|u| u.hyphenated().to_string())
+                .map_err(|_| EngineError::InvalidId(id.to_owned()))?,
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let entry = self
+            .inner
+            .types
+            .get(task_type)
+            .ok_or_else(|| EngineError::UnknownType(task_type.to_owned(), self.types().join(", ")))?;
+        entry
+            .handler
+            .validate(&params)
+            .map_err(|reason| EngineError::InvalidParams {
+                task_type: task_type.to_owned(),
+                reason,
+            })?;
+        let new = NewTask {
+            id,
+            task_type: task_type.to_owned(),
+            params,
+            submitted_at: now_ms(),
+        };
+        let result = match self.inner.store.submit_task(&new)? {
+            Submitted::Created(record) => SubmitResult::Created(record),
+            Submitted::Requeued(record) => SubmitResult::Requeued(record),
+            Submitted::Existing(record) => SubmitResult::Existing(record),
+        };
+        if result.is_new() {
+            let record = result.record().clone();
+            self.inner.bus.publish("task.submitted", task_json(&record));
+            self.enqueue(record);
+        }
+        Ok(result)
+    }
+
+    /// Runs a queued task once a permit of its type is free. The claim in the store decides whether it
+    /// runs at all (it may have been removed meanwhile).
+    fn enqueue(&self, record: TaskRecord) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let Some(entry) = engine.inner.types.get(&record.task_type) else {
+                let end = TaskEnd {
+                    status: TaskStatus::Failed,
+                    result: None,
+                    error: Some(format!(
+                        "no handler for task type {:?} in this daemon",
+                        record.task_type
+                    )),
+                    completed_at: now_ms(),
+                };
+                // Claim first: only the claimant may finish it.
+                if let Ok(Some(_)) = engine.claim(&record.id) {
+                    let _ = engine.inner.store.finish_task(&record.id, &engine.inner.node, &end);
+                }
+                return;
+            };
+            let _permit = match &entry.permits {
+                Some(permits) => match permits.clone().acquire_owned().await {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return,
+                },
+                None => None,
+            };
+            let claimed = match engine.claim(&record.id) {
+                Ok(Some(claimed)) => claimed,
+                Ok(None) => return, // removed, or claimed elsewhere
+                Err(err) => {
+                    tracing::error!(task = %record.id, error = %err, "cannot claim task; it stays queued");
+                    return;
+                }
+            };
+            engine.run_claimed(claimed, entry.handler.clone()).await;
+        });
+    }
+
+    fn claim(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let now = now_ms();
+        self.inner
+            .store
+            .claim_task(id, &self.inner.node, now + self.inner.lease.as_millis() as i64, now)
+    }
+
+    async fn run_claimed(&self, record: TaskRecord, handler: Arc<dyn TaskHandler>) {
+        let cancel = CancelToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        let (done_tx, done_rx) = watch::channel(false);
+        self.running().insert(
+            record.id.clone(),
+            Running {
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+                done: done_rx,
+            },
+        );
+        self.inner.bus.publish("task.started", task_json(&record));
+        let context = TaskContext {
+            id: record.id.clone(),
+            attempt: record.attempt,
+            cancel: cancel.clone(),
+            progress: ProgressSink {
+                store: self.inner.store.clone(),
+                node: self.inner.node.clone(),
+            },
+        };
+        let run = handler.run(record.params.clone(), context);
+        // A panicking handler fails its task, not the engine.
+        let run = tokio::spawn(run);
+        let outcome = {
+            let renew = self.renew_lease(&record.id);
+            tokio::pin!(run);
+            tokio::pin!(renew);
+            tokio::select! {
+                outcome = &mut run => outcome,
+                _ = &mut renew => run.await,
+            }
+        };
+        let stop = *reason.lock().unwrap_or_else(|p| p.into_inner());
+        let store = &self.inner.store;
+        let node = &self.inner.node;
+        match stop {
+            Some(StopReason::Removed) => {
+                self.inner
+                    .bus
+                    .publish("task.removed", json!({"id": record.id, "type": record.task_type}));
+            }
+            Some(StopReason::Shutdown) => {
+                if let Err(err) = store.requeue_task(&record.id, node, now_ms()) {
+                    tracing::error!(task = %record.id, error = %err, "cannot requeue task at shutdown");
+                }
+            }
+            None => {
+                let end = match outcome {
+                    Ok(Ok(result)) => TaskEnd {
+                        status: TaskStatus::Completed,
+                        result: Some(result),
+                        error: None,
+                        completed_at: now_ms(),
+                    },
+                    Ok(Err(failure)) => TaskEnd {
+                        status: TaskStatus::Failed,
+                        result: failure.result,
+                        error: Some(failure.message),
+                        completed_at: now_ms(),
+                    },
+                    Err(join_error) => TaskEnd {
+                        status: TaskStatus::Failed,
+                        result: None,
+                        error: Some(format!("the task's handler panicked: {join_error}")),
+                        completed_at: now_ms(),
+                    },
+                };
+                match store.finish_task(&record.id, node, &end) {
+                    Ok(true) => {
+                        if let Ok(Some(done)) = store.get_task(&record.id) {
+                            let kind = if done.status == TaskStatus::Completed {
+                                "task.completed"
+                            } else {
+                                "task.failed"
+                            };
+                            self.inner.bus.publish(kind, task_json(&done));
+                        }
+                    }
+                    Ok(false) => {
+                        tracing::warn!(task = %record.id, "task end not written: the claim was lost or the task removed")
+                    }
+                    Err(err) => tracing::error!(task = %record.id, error = %err, "cannot record the end of a task"),
+                }
+            }
+        }
+        self.running().remove(&record.id);
+        let _ = done_tx.send(true);
+    }
+
+    /// Renews the lease every third of it, forever (the caller drops this future when the run ends).
+    async fn renew_lease(&self, id: &str) {
+        let every = self.inner.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let until = now_ms() + self.inner.lease.as_millis() as i64;
+            match self.inner.store.renew_task_lease(id, &self.inner.node, until) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(task = id, "lease not renewed: the task is no longer ours"),
+                Err(err) => tracing::warn!(task = id, error = %err, "cannot renew task lease"),
+            }
+        }
+    }
+
+    /// One task.
+    pub fn get(&self, id: &str) -> Result<Option<TaskRecord>, EngineError> {
+        Ok(self.inner.store.get_task(id)?)
+    }
+
+    /// Tasks, newest first.
+    pub fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, EngineError> {
+        Ok(self.inner.store.list_tasks(filter)?)
+    }
+
+    /// Counts by type and status.
+    pub fn counts(&self) -> Result<BTreeMap<(String, TaskStatus), u64>, EngineError> {
+        Ok(self.inner.store.count_tasks()?)
+    }
+
+    /// Waits up to `timeout` for the task to reach a terminal status; returns its record then (or as it
+    /// is when the time is up). `None` for an unknown id.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Option<TaskRecord>, EngineError> {
+        let mut events = self.inner.bus.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Some(record) = self.get(id)? else { return Ok(None) };
+            if record.status.is_terminal() {
+                return Ok(Some(record));
+            }
+            // Re-check on any event about this task, and at least every second (a claim lost to
+            // another node sends no event here).
+            let wake = async {
+                loop {
+                    match events.recv().await {
+                        Ok(event) if event.data.get("id").and_then(Value::as_str) == Some(id) => return,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            let step = (deadline - tokio::time::Instant::now()).min(Duration::from_secs(1));
+            if step.is_zero() {
+                return Ok(Some(record));
+            }
+            let _ = tokio::time::timeout(step, wake).await;
+            if tokio::time::Instant::now() >= deadline {
+                return self.get(id);
+            }
+        }
+    }
+
+    /// Removes a task: deletes its row first (durably: it never comes back), then cancels a running
+    /// attempt and waits until it has stopped. `false` for an unknown id.
+    pub async fn remove(&self, id: &str) -> Result<bool, EngineError> {
+        let deleted = self.inner.store.delete_task(id)?;
+        let running = self
+            .running()
+            .get(id)
+            .map(|r| (r.cancel.clone(), r.reason.clone(), r.done.clone()));
+        if let Some((cancel, reason, mut done)) = running {
+            *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(StopReason::Removed);
+            cancel.cancel();
+            let _ = done.wait_for(|d| *d).await;
+        }
+        if deleted {
+            self.inner.bus.publish("task.removed", json!({"id": id}));
+        }
+        Ok(deleted)
+    }
+
+    /// After a restart: stops leftovers of interrupted runs and queues them again (or fails the
+    /// non-idempotent ones), and queues what was queued.
+    pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
+        let mut report = RecoveryReport::default();
+        for record in self.inner.store.tasks_to_recover(&self.inner.node, now_ms())? {
+            let idempotent = self
+                .inner
+                .types
+                .get(&record.task_type)
+                .is_none_or(|t| t.options.idempotent);
+            let ours = record.claimed_by.as_deref() == Some(self.inner.node.as_str());
+            if !ours {
+                // Another node's lapsed claim: take it over through an atomic claim (never a blind requeue,
+                // which could race a late renewal by that node), then run or fail it.
+                if idempotent {
+                    report.rerun += 1;
+                    self.enqueue(record);
+                } else if let Some(claimed) = self.claim(&record.id)? {
+                    report.failed += usize::from(self.fail_interrupted(&claimed.id)?);
+                }
+                continue;
+            }
+            report.stopped_processes += self.stop_leftovers(&record.id).await;
+            if idempotent {
+                if self.inner.store.requeue_task(&record.id, &self.inner.node, now_ms())? {
+                    report.rerun += 1;
+                }
+            } else {
+                report.failed += usize::from(self.fail_interrupted(&record.id)?);
+            }
+        }
+        let queued = self.inner.store.queued_tasks(usize::MAX)?;
+        report.queued = queued.len().saturating_sub(report.rerun);
+        for record in queued {
+            self.enqueue(record);
+        }
+        Ok(report)
+    }
+
+    fn fail_interrupted(&self, id: &str) -> Result<bool, EngineError> {
+        let end = TaskEnd {
+            status: TaskStatus::Failed,
+            result: None,
+            error: Some("interrupted by daemon restart (task type is not idempotent)".into()),
+            completed_at: now_ms(),
+        };
+        Ok(self.inner.store.finish_task(id, &self.inner.node, &end)?)
+    }
+
+    /// Stops processes still running from an interrupted attempt of task `id` (labelled `task=<id>`).
+    async fn stop_leftovers(&self, id: &str) -> usize {
+        let Some(processes) = &self.inner.processes else {
+            return 0;
+        };
+        let filter = ProcessFilter {
+            labels: BTreeMap::from([("task".to_owned(), id.to_owned())]),
+            states: vec![ProcessState::Running, ProcessState::Interrupting],
+            ..ProcessFilter::default()
+        };
+        let mut stopped = 0;
+        for record in processes.list(&filter).unwrap_or_default() {
+            match processes.stop(&record.id, None).await {
+                Ok(_) => stopped += 1,
+                Err(err) => {
+                    tracing::warn!(task = id, process = %record.id, error = %err, "cannot stop a leftover process")
+                }
+            }
+        }
+        stopped
+    }
+
+    /// Cancels every running task and puts it back to `queued`; returns when all have stopped.
+    pub async fn shutdown(&self) {
+        let running: Vec<(CancelToken, watch::Receiver<bool>)> = self
+            .running()
+            .values()
+            .map(|r| {
+                *r.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(StopReason::Shutdown);
+                (r.cancel.clone(), r.done.clone())
+            })
+            .collect();
+        for (cancel, _) in &running {
+            cancel.cancel();
+        }
+        for (_, mut done) in running {
+            let _ = done.wait_for(|d| *d).await;
+        }
+    }
+
+    /// Deletes finished tasks older than `max_age`, keeping at most `keep` finished ones.
+    pub fn apply_retention(&self, max_age: Duration, keep: usize) -> Result<u64, EngineError> {
+        Ok(self
+            .inner
+            .store
+            .delete_finished_tasks(now_ms() - max_age.as_millis() as i64, keep)?)
+    }
+
+    /// Number of tasks running now on this node.
+    pub fn running_count(&self) -> usize {
+        self.running().len()
+    }
+}
+
+/// The task as event data.
+pub fn task_json(record: &TaskRecord) -> Value {
+    json!({
+        "id": record.id,
+        "type": record.task_type,
+        "status": record.status.as_str(),
+        "attempt": record.attempt,
+        "error": record.error,
+    })
+}

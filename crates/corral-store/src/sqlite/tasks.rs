@@ -1,0 +1,522 @@
+//! The task operations of [`SqliteStore`](super::SqliteStore), one function per [`Store`](crate::Store) method.
+//!
+//! Writes that read before they write (submit, the claims) run in a `BEGIN IMMEDIATE` transaction, which
+//! takes SQLite's write lock first: no other connection (another store on the file, another process) can change
+//! the task between the read and the write, so the "exactly one" guarantees hold across connections, not only
+//! behind the store's mutex. The other writes are one conditional `UPDATE` or `DELETE`, atomic by itself.
+//!
+//! Statements with `RETURNING` always run inside an explicit transaction: in autocommit mode their implicit
+//! commit happens when the statement is reset, where rusqlite drops the error; `COMMIT` reports it.
+//!
+//! Values from callers are always bound parameters; only placeholders, column lists and numbers are
+//! formatted into the SQL text.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use rusqlite::types::{FromSql, ToSql};
+use rusqlite::{named_params, params, params_from_iter, Connection, Params, Row, Transaction, TransactionBehavior};
+
+use super::{get_column, placeholders, table_decode_error, to_json};
+use crate::error::{sql, StoreError};
+use crate::task::{NewTask, Submitted, TaskEnd, TaskFilter, TaskRecord, TaskStatus};
+
+/// The columns of `task` that make a [`TaskRecord`], in the order [`decode_task`] reads them. Unqualified,
+/// so that `RETURNING` can use them too.
+const TASK_COLUMNS: &str = "id, task_type, params, status, attempt, result, error, progress, claimed_by, \
+     lease_expires_at, submitted_at, started_at, completed_at, updated_at";
+
+const QUEUED: &str = TaskStatus::Queued.as_str();
+const RUNNING: &str = TaskStatus::Running.as_str();
+const CANCELLED: &str = TaskStatus::Cancelled.as_str();
+const TERMINAL: [&str; 3] = [
+    TaskStatus::TERMINAL[0].as_str(),
+    TaskStatus::TERMINAL[1].as_str(),
+    TaskStatus::TERMINAL[2].as_str(),
+];
+
+/// What a claim writes. Named parameters: `:running`, `:node`, `:lease_until`, `:now`.
+const CLAIM_SET: &str =
+    "status = :running, attempt = attempt + 1, claimed_by = :node, lease_expires_at = :lease_until, \
+     started_at = :now, updated_at = :now, progress = NULL";
+
+/// Which tasks a claim may take: queued ones, and running ones whose lease expired. Named parameters:
+/// `:queued`, `:running`, `:now`.
+const CLAIMABLE: &str = "(status = :queued OR (status = :running AND lease_expires_at < :now))";
+
+/// The claim of the task that `target` selects (`id = :id` or `seq = :seq`), if it is claimable.
+fn claim_query(target: &str) -> String {
+    format!("UPDATE task SET {CLAIM_SET} WHERE {target} AND {CLAIMABLE} RETURNING {TASK_COLUMNS}")
+}
+
+/// The running task whose lease expired first, of any type, or of `types` types (`?3…`). `?1`: running,
+/// `?2`: now.
+fn expired_claim_query(types: usize) -> String {
+    let mut sql_text = "SELECT seq FROM task WHERE status = ?1 AND lease_expires_at < ?2".to_owned();
+    if types > 0 {
+        // Writing to a String cannot fail.
+        let _ = write!(sql_text, " AND task_type IN ({})", placeholders(3, types));
+    }
+    sql_text.push_str(" ORDER BY lease_expires_at, seq LIMIT 1");
+    sql_text
+}
+
+/// The head of the queue, any type. `?1`: queued.
+const OLDEST_QUEUED: &str = "SELECT seq FROM task WHERE status = ?1 ORDER BY submitted_at, seq LIMIT 1";
+
+/// The head of the queue of one type. `?1`: queued, `?2`: the type.
+const OLDEST_QUEUED_OF_TYPE: &str = "SELECT submitted_at, seq FROM task WHERE status = ?1 AND task_type = ?2 \
+     ORDER BY submitted_at, seq LIMIT 1";
+
+/// `?1`: running, `?2`: the node, `?3`: now.
+fn recover_query() -> String {
+    format!(
+        "SELECT {TASK_COLUMNS} FROM task WHERE status = ?1 AND (claimed_by = ?2 OR lease_expires_at < ?3) \
+         ORDER BY submitted_at, seq"
+    )
+}
+
+/// `?1`: queued, `?2`: the limit.
+fn queued_query() -> String {
+    format!("SELECT {TASK_COLUMNS} FROM task WHERE status = ?1 ORDER BY submitted_at, seq LIMIT ?2")
+}
+
+/// Walks `task_claim` (covering), already in group order.
+const COUNT: &str = "SELECT status, task_type, count(*) FROM task GROUP BY status, task_type";
+
+/// `?1`–`?3`: the terminal statuses, `?4`: the cutoff, `?5`: how many of the newest to keep. Both parts walk
+/// `task_completed`: the old ones from the oldest end, and the subquery from the newest end, skipping the `?5`
+/// newest. `+status` keeps the planner off the status indexes, which would visit every terminal task. A
+/// terminal task always has `completed_at` (every write of a terminal status sets it).
+const DELETE_FINISHED: &str = "DELETE FROM task WHERE +status IN (?1, ?2, ?3) AND (completed_at < ?4 OR seq IN (\
+     SELECT seq FROM task WHERE completed_at IS NOT NULL AND +status IN (?1, ?2, ?3) \
+     ORDER BY completed_at DESC, seq DESC LIMIT -1 OFFSET ?5))";
+
+pub(super) fn submit(conn: &mut Connection, new: &NewTask) -> Result<Submitted, StoreError> {
+    const OP: &str = "submit task";
+    not_empty("id", &new.id)?;
+    not_empty("task_type", &new.task_type)?;
+    let params = to_json("params", &new.params)?;
+    let tx = begin(conn, OP)?;
+    let existing = query_one(
+        &tx,
+        OP,
+        &format!("SELECT {TASK_COLUMNS} FROM task WHERE id = ?1"),
+        [&new.id],
+    )?;
+    let submitted = match existing {
+        None => Submitted::Created(query_required(
+            &tx,
+            OP,
+            &format!(
+                "INSERT INTO task (id, task_type, params, status, attempt, submitted_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) RETURNING {TASK_COLUMNS}"
+            ),
+            params![new.id, new.task_type, params, QUEUED, new.submitted_at],
+        )?),
+        Some(existing) if existing.status == TaskStatus::Failed => Submitted::Requeued(query_required(
+            &tx,
+            OP,
+            &format!(
+                "UPDATE task SET status = ?2, claimed_by = NULL, lease_expires_at = NULL, progress = NULL, \
+                 result = NULL, error = NULL, started_at = NULL, completed_at = NULL, updated_at = ?3 \
+                 WHERE id = ?1 RETURNING {TASK_COLUMNS}"
+            ),
+            params![new.id, QUEUED, new.submitted_at],
+        )?),
+        Some(existing) => Submitted::Existing(existing),
+    };
+    tx.commit().map_err(sql(OP))?;
+    Ok(submitted)
+}
+
+pub(super) fn claim(
+    conn: &mut Connection,
+    id: &str,
+    node: &str,
+    lease_until: i64,
+    now: i64,
+) -> Result<Option<TaskRecord>, StoreError> {
+    const OP: &str = "claim task";
+    check_claim(node, lease_until, now)?;
+    let tx = begin(conn, OP)?;
+    let claimed = query_one(
+        &tx,
+        OP,
+        &claim_query("id = :id"),
+        named_params! {
+            ":id": id,
+            ":node": node,
+            ":lease_until": lease_until,
+            ":now": now,
+            ":queued": QUEUED,
+            ":running": RUNNING,
+        },
+    )?;
+    tx.commit().map_err(sql(OP))?;
+    Ok(claimed)
+}
+
+pub(super) fn claim_next(
+    conn: &mut Connection,
+    task_types: &[String],
+    node: &str,
+    lease_until: i64,
+    now: i64,
+) -> Result<Option<TaskRecord>, StoreError> {
+    const OP: &str = "claim next task";
+    check_claim(node, lease_until, now)?;
+    let types: BTreeSet<&str> = task_types.iter().map(String::as_str).collect();
+    let tx = begin(conn, OP)?;
+    let seq = match expired_claim(&tx, &types, now)? {
+        Some(seq) => Some(seq),
+        None => oldest_queued(&tx, &types)?,
+    };
+    let Some(seq) = seq else {
+        return Ok(None);
+    };
+    let claimed = query_one(
+        &tx,
+        OP,
+        &claim_query("seq = :seq"),
+        named_params! {
+            ":seq": seq,
+            ":node": node,
+            ":lease_until": lease_until,
+            ":now": now,
+            ":queued": QUEUED,
+            ":running": RUNNING,
+        },
+    )?;
+    tx.commit().map_err(sql(OP))?;
+    Ok(claimed)
+}
+
+/// The running task (of one of `types`; empty: any) whose lease expired first, if any. Walks `task_lease`
+/// over the expired claims only.
+fn expired_claim(tx: &Transaction<'_>, types: &BTreeSet<&str>, now: i64) -> Result<Option<i64>, StoreError> {
+    const OP: &str = "claim next task";
+    let mut stmt = tx.prepare_cached(&expired_claim_query(types.len())).map_err(sql(OP))?;
+    let mut values: Vec<&dyn ToSql> = vec![&RUNNING, &now];
+    values.extend(types.iter().map(|task_type| task_type as &dyn ToSql));
+    let mut rows = stmt.query(params_from_iter(values)).map_err(sql(OP))?;
+    match rows.next().map_err(sql(OP))? {
+        Some(row) => col(row, 0, "seq").map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The oldest queued task (of one of `types`; empty: any), if any: the first entry of `task_queue`, or of
+/// `task_claim` for each type (one index lookup per type, then the oldest of those).
+fn oldest_queued(tx: &Transaction<'_>, types: &BTreeSet<&str>) -> Result<Option<i64>, StoreError> {
+    const OP: &str = "claim next task";
+    if types.is_empty() {
+        let mut stmt = tx.prepare_cached(OLDEST_QUEUED).map_err(sql(OP))?;
+        let mut rows = stmt.query([QUEUED]).map_err(sql(OP))?;
+        return match rows.next().map_err(sql(OP))? {
+            Some(row) => col(row, 0, "seq").map(Some),
+            None => Ok(None),
+        };
+    }
+    let mut stmt = tx.prepare_cached(OLDEST_QUEUED_OF_TYPE).map_err(sql(OP))?;
+    let mut oldest: Option<(i64, i64)> = None;
+    for task_type in types {
+        let mut rows = stmt.query([QUEUED, task_type]).map_err(sql(OP))?;
+        if let Some(row) = rows.next().map_err(sql(OP))? {
+            let head: (i64, i64) = (col(row, 0, "submitted_at")?, col(row, 1, "seq")?);
+            if oldest.is_none_or(|current| head < current) {
+                oldest = Some(head);
+            }
+        }
+    }
+    Ok(oldest.map(|(_, seq)| seq))
+}
+
+pub(super) fn renew_lease(conn: &Connection, id: &str, node: &str, lease_until: i64) -> Result<bool, StoreError> {
+    const OP: &str = "renew task lease";
+    not_empty("node", node)?;
+    execute(
+        conn,
+        OP,
+        "UPDATE task SET lease_expires_at = ?3 WHERE id = ?1 AND status = ?4 AND claimed_by = ?2",
+        params![id, node, lease_until, RUNNING],
+    )
+}
+
+pub(super) fn set_progress(
+    conn: &Connection,
+    id: &str,
+    node: &str,
+    progress: &serde_json::Value,
+    now: i64,
+) -> Result<bool, StoreError> {
+    const OP: &str = "set task progress";
+    not_empty("node", node)?;
+    let progress = to_json("progress", progress)?;
+    execute(
+        conn,
+        OP,
+        "UPDATE task SET progress = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?5 AND claimed_by = ?2",
+        params![id, node, progress, now, RUNNING],
+    )
+}
+
+pub(super) fn finish(conn: &Connection, id: &str, node: &str, end: &TaskEnd) -> Result<bool, StoreError> {
+    const OP: &str = "finish task";
+    not_empty("node", node)?;
+    if !end.status.is_terminal() {
+        return Err(StoreError::InvalidInput {
+            field: "status",
+            reason: format!("{} is not terminal", end.status),
+        });
+    }
+    let result = end
+        .result
+        .as_ref()
+        .map(|result| to_json("result", result))
+        .transpose()?;
+    // One conditional UPDATE: of racing finishers exactly one applies, and only the node holding the claim.
+    execute(
+        conn,
+        OP,
+        "UPDATE task SET status = ?3, result = ?4, error = ?5, completed_at = ?6, updated_at = ?6, \
+         lease_expires_at = NULL WHERE id = ?1 AND status = ?7 AND claimed_by = ?2",
+        params![
+            id,
+            node,
+            end.status.as_str(),
+            result,
+            end.error,
+            end.completed_at,
+            RUNNING
+        ],
+    )
+}
+
+pub(super) fn requeue(conn: &Connection, id: &str, node: &str, now: i64) -> Result<bool, StoreError> {
+    const OP: &str = "requeue task";
+    not_empty("node", node)?;
+    execute(
+        conn,
+        OP,
+        "UPDATE task SET status = ?3, claimed_by = NULL, lease_expires_at = NULL, started_at = NULL, \
+         progress = NULL, updated_at = ?4 WHERE id = ?1 AND status = ?5 AND claimed_by = ?2",
+        params![id, node, QUEUED, now, RUNNING],
+    )
+}
+
+pub(super) fn cancel(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
+    const OP: &str = "cancel task";
+    execute(
+        conn,
+        OP,
+        "UPDATE task SET status = ?2, completed_at = ?3, updated_at = ?3, lease_expires_at = NULL \
+         WHERE id = ?1 AND status IN (?4, ?5)",
+        params![id, CANCELLED, now, QUEUED, RUNNING],
+    )
+}
+
+pub(super) fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    execute(conn, "delete task", "DELETE FROM task WHERE id = ?1", [id])
+}
+
+pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+    query_one(
+        conn,
+        "get task",
+        &format!("SELECT {TASK_COLUMNS} FROM task WHERE id = ?1"),
+        [id],
+    )
+}
+
+pub(super) fn list(conn: &Connection, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
+    let (sql_text, values) = list_query(filter);
+    query_all(conn, "list tasks", &sql_text, params_from_iter(values))
+}
+
+/// The SQL and its parameters for a [`TaskFilter`].
+pub(super) fn list_query(filter: &TaskFilter) -> (String, Vec<&str>) {
+    let mut values: Vec<&str> = Vec::new();
+    let mut conditions: Vec<String> = Vec::new();
+    if !filter.statuses.is_empty() {
+        conditions.push(format!("status IN ({})", placeholders(1, filter.statuses.len())));
+        values.extend(filter.statuses.iter().map(|status| status.as_str()));
+    }
+    if let Some(task_type) = &filter.task_type {
+        values.push(task_type);
+        conditions.push(format!("task_type = ?{}", values.len()));
+    }
+    let mut sql_text = format!("SELECT {TASK_COLUMNS} FROM task");
+    if !conditions.is_empty() {
+        sql_text.push_str(" WHERE ");
+        sql_text.push_str(&conditions.join(" AND "));
+    }
+    sql_text.push_str(" ORDER BY submitted_at DESC, seq DESC");
+    if let Some(limit) = filter.limit {
+        // A number from the caller's usize, not text: nothing to inject. Writing to a String cannot fail.
+        let _ = write!(sql_text, " LIMIT {}", sql_count(limit));
+    }
+    (sql_text, values)
+}
+
+pub(super) fn count(conn: &Connection) -> Result<BTreeMap<(String, TaskStatus), u64>, StoreError> {
+    const OP: &str = "count tasks";
+    let mut stmt = conn.prepare_cached(COUNT).map_err(sql(OP))?;
+    let mut rows = stmt.query([]).map_err(sql(OP))?;
+    let mut counts = BTreeMap::new();
+    while let Some(row) = rows.next().map_err(sql(OP))? {
+        let status = decode_status(&col::<String>(row, 0, "status")?)?;
+        let task_type: String = col(row, 1, "task_type")?;
+        let count: i64 = col(row, 2, "count")?;
+        counts.insert((task_type, status), u64::try_from(count).unwrap_or(0));
+    }
+    Ok(counts)
+}
+
+pub(super) fn to_recover(conn: &Connection, node: &str, now: i64) -> Result<Vec<TaskRecord>, StoreError> {
+    not_empty("node", node)?;
+    query_all(conn, "tasks to recover", &recover_query(), params![RUNNING, node, now])
+}
+
+pub(super) fn queued(conn: &Connection, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+    query_all(conn, "queued tasks", &queued_query(), params![QUEUED, sql_count(limit)])
+}
+
+pub(super) fn delete_finished(conn: &Connection, completed_before: i64, keep_newest: usize) -> Result<u64, StoreError> {
+    const OP: &str = "delete finished tasks";
+    let [t1, t2, t3] = TERMINAL;
+    let deleted = conn
+        .prepare_cached(DELETE_FINISHED)
+        .and_then(|mut stmt| stmt.execute(params![t1, t2, t3, completed_before, sql_count(keep_newest)]))
+        .map_err(sql(OP))?;
+    Ok(deleted as u64)
+}
+
+/// `BEGIN IMMEDIATE`: takes the write lock (waiting up to the busy timeout) before the first read.
+fn begin<'c>(conn: &'c mut Connection, op: &'static str) -> Result<Transaction<'c>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql(op))
+}
+
+/// Runs a conditional write; `true` if it changed a row.
+fn execute(conn: &Connection, op: &'static str, sql_text: &str, params: impl Params) -> Result<bool, StoreError> {
+    let changed = conn
+        .prepare_cached(sql_text)
+        .and_then(|mut stmt| stmt.execute(params))
+        .map_err(sql(op))?;
+    Ok(changed > 0)
+}
+
+/// The first task a query (a `SELECT` or a `RETURNING`) yields, if any.
+fn query_one(
+    conn: &Connection,
+    op: &'static str,
+    sql_text: &str,
+    params: impl Params,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql_text).map_err(sql(op))?;
+    let mut rows = stmt.query(params).map_err(sql(op))?;
+    match rows.next().map_err(sql(op))? {
+        Some(row) => decode_task(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The task a query must yield (an `INSERT … RETURNING`, or an `UPDATE … RETURNING` of a row known to exist).
+fn query_required(
+    conn: &Connection,
+    op: &'static str,
+    sql_text: &str,
+    params: impl Params,
+) -> Result<TaskRecord, StoreError> {
+    query_one(conn, op, sql_text, params)?
+        .ok_or_else(|| StoreError::from_sqlite(op, rusqlite::Error::QueryReturnedNoRows))
+}
+
+/// Every task a query yields.
+fn query_all(
+    conn: &Connection,
+    op: &'static str,
+    sql_text: &str,
+    params: impl Params,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql_text).map_err(sql(op))?;
+    let mut rows = stmt.query(params).map_err(sql(op))?;
+    let mut tasks = Vec::new();
+    while let Some(row) = rows.next().map_err(sql(op))? {
+        tasks.push(decode_task(row)?);
+    }
+    Ok(tasks)
+}
+
+fn not_empty(field: &'static str, value: &str) -> Result<(), StoreError> {
+    if value.is_empty() {
+        return Err(StoreError::InvalidInput {
+            field,
+            reason: "must not be empty".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn check_claim(node: &str, lease_until: i64, now: i64) -> Result<(), StoreError> {
+    not_empty("node", node)?;
+    if lease_until < now {
+        return Err(StoreError::InvalidInput {
+            field: "lease_until",
+            reason: format!("{lease_until} is before now ({now}): the lease would be expired already"),
+        });
+    }
+    Ok(())
+}
+
+/// A count or limit from a `usize`, as SQLite's signed 64-bit integer (saturating).
+fn sql_count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Reads column `idx` of a `task` row; a value of the wrong type is a [`StoreError::Decode`].
+fn col<T: FromSql>(row: &Row<'_>, idx: usize, column: &'static str) -> Result<T, StoreError> {
+    get_column(row, "task", idx, column)
+}
+
+fn decode_status(text: &str) -> Result<TaskStatus, StoreError> {
+    text.parse().map_err(|err| table_decode_error("task", "status", err))
+}
+
+fn decode_json(text: &str, column: &'static str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|err| table_decode_error("task", column, err))
+}
+
+fn decode_optional_json(
+    row: &Row<'_>,
+    idx: usize,
+    column: &'static str,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    col::<Option<String>>(row, idx, column)?
+        .map(|text| decode_json(&text, column))
+        .transpose()
+}
+
+/// One `task` row, selected with [`TASK_COLUMNS`].
+fn decode_task(row: &Row<'_>) -> Result<TaskRecord, StoreError> {
+    Ok(TaskRecord {
+        id: col(row, 0, "id")?,
+        task_type: col(row, 1, "task_type")?,
+        params: decode_json(&col::<String>(row, 2, "params")?, "params")?,
+        status: decode_status(&col::<String>(row, 3, "status")?)?,
+        attempt: col(row, 4, "attempt")?,
+        result: decode_optional_json(row, 5, "result")?,
+        error: col(row, 6, "error")?,
+        progress: decode_optional_json(row, 7, "progress")?,
+        claimed_by: col(row, 8, "claimed_by")?,
+        lease_expires_at: col(row, 9, "lease_expires_at")?,
+        submitted_at: col(row, 10, "submitted_at")?,
+        started_at: col(row, 11, "started_at")?,
+        completed_at: col(row, 12, "completed_at")?,
+        updated_at: col(row, 13, "updated_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

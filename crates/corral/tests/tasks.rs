@@ -1,0 +1,319 @@
+//! Durable tasks through the daemon: idempotent submit, crash recovery, removal, shutdown, bad input.
+
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::{json, Value};
+
+use crate::util::{group_members, request_unix, wait_until, Daemon};
+
+fn uuid(n: u32) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+/// A `process` task that sleeps, then appends one line to a file named after the task.
+fn append_task(dir: &std::path::Path, id: &str, sleep: &str) -> Value {
+    json!({"id": id, "type": "process", "params": {
+        "command": ["sh", "-c", format!("sleep {sleep}; echo {id} >> {}/{id}.txt", dir.display())]
+    }})
+}
+
+fn lines(dir: &std::path::Path, id: &str) -> usize {
+    std::fs::read_to_string(dir.join(format!("{id}.txt")))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+async fn wait_status(daemon: &Daemon, id: &str, status: &str) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let (_, task) = daemon.get(&format!("/tasks/{id}")).await;
+        if task["status"] == status {
+            return task;
+        }
+        assert!(
+            start.elapsed() < crate::util::DEADLINE,
+            "task {id} not {status}: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The pgid of the running process of task `id` once its group has `members` live members.
+async fn task_group(daemon: &Daemon, id: &str, members: usize) -> u32 {
+    let start = std::time::Instant::now();
+    loop {
+        let (_, list) = daemon.get(&format!("/processes?label=task%3D{id}&state=running")).await;
+        let pgid = list[0]["pgid"].as_u64().unwrap_or(0) as u32;
+        if pgid != 0 && group_members(pgid).len() >= members {
+            return pgid;
+        }
+        assert!(
+            start.elapsed() < crate::util::DEADLINE,
+            "task {id} has no process group of {members}: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_is_idempotent_and_a_failed_id_runs_again() {
+    let daemon = Daemon::start().await;
+    let out = daemon.dir.0.join("out");
+    std::fs::create_dir_all(&out).expect("UNWRAP: mkdir");
+    let id = uuid(1);
+    let (status, task) = daemon.post("/tasks", append_task(&out, &id, "0")).await;
+    assert_eq!(status, 201, "{task}");
+    let (_, done) = daemon.get(&format!("/tasks/{id}?wait=30s")).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempt"], 1);
+    assert_eq!(done["result"]["exit_code"], 0);
+    let (status, again) = daemon.post("/tasks", append_task(&out, &id, "0")).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["status"], "completed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(lines(&out, &id), 1, "a completed id is never run again");
+
+    // A failing task, submitted again with the same id, runs again with attempt 2.
+    let failing = uuid(2);
+    let body = json!({"id": failing, "type": "process", "params": {"command": ["sh", "-c", "echo nope; exit 4"]}});
+    assert_eq!(daemon.post("/tasks", body.clone()).await.0, 201);
+    let (_, failed) = daemon.get(&format!("/tasks/{failing}?wait=30s")).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed["error"].as_str().unwrap_or("").contains("code 4"), "{failed}");
+    assert!(
+        failed["result"]["output_tail"].as_str().unwrap_or("").contains("nope"),
+        "{failed}"
+    );
+    let (status, requeued) = daemon.post("/tasks", body).await;
+    assert_eq!(status, 200, "{requeued}");
+    let (_, failed) = daemon.get(&format!("/tasks/{failing}?wait=30s")).await;
+    assert_eq!(failed["attempt"], 2, "{failed}");
+
+    // The CLI.
+    let output = daemon.cli(&[
+        "task",
+        "submit",
+        "process",
+        "--params",
+        r#"{"command": ["true"]}"#,
+        "--wait",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = daemon.cli(&["--json", "task", "ls", "--status", "failed"]);
+    let listed: Value = serde_json::from_slice(&output.stdout).expect("UNWRAP: json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_submits_of_one_id_run_it_once() {
+    let daemon = Daemon::start().await;
+    let out = daemon.dir.0.join("out");
+    std::fs::create_dir_all(&out).expect("UNWRAP: mkdir");
+    let id = uuid(3);
+    let body = append_task(&out, &id, "0.2");
+    let mut submits = Vec::new();
+    for _ in 0..50 {
+        let socket = daemon.socket.clone();
+        let body = body.to_string();
+        submits.push(tokio::spawn(async move {
+            request_unix(&socket, Method::POST, "/tasks", Some(body), None)
+                .await
+                .expect("UNWRAP: answer")
+                .0
+        }));
+    }
+    let mut created = 0;
+    for submit in submits {
+        match submit.await.expect("UNWRAP: task") {
+            201 => created += 1,
+            200 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(created, 1);
+    wait_status(&daemon, &id, "completed").await;
+    assert_eq!(lines(&out, &id), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ids_types_and_params_are_400() {
+    let daemon = Daemon::start().await;
+    let cases = [
+        (
+            json!({"id": "not-a-uuid", "type": "process", "params": {"command": ["true"]}}),
+            "invalid_id",
+        ),
+        (json!({"type": "nope", "params": {}}), "unknown_type"),
+        (
+            json!({"type": "process", "params": {"command": "true"}}),
+            "invalid_params",
+        ),
+        (json!({"type": "process", "params": {"command": []}}), "invalid_params"),
+        (
+            json!({"type": "process", "params": {"command": ["true"], "timeout": "soon"}}),
+            "invalid_params",
+        ),
+        (
+            json!({"type": "pipeline", "params": {"steps": [{"name": "a", "command": ["true"], "after": ["a"]}]}}),
+            "invalid_params",
+        ),
+    ];
+    for (body, code) in cases {
+        let (status, err) = daemon.post("/tasks", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert_eq!(err["code"], code, "{body}: {err}");
+    }
+    assert_eq!(daemon.get("/tasks/00000000-0000-4000-8000-000000000999").await.0, 404);
+    let (_, list) = daemon.get("/tasks").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "nothing was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_then_restart_runs_every_task_to_exactly_one_line() {
+    let mut daemon = Daemon::start().await;
+    let out = daemon.dir.0.join("out");
+    std::fs::create_dir_all(&out).expect("UNWRAP: mkdir");
+    let ids: Vec<String> = (100..150).map(uuid).collect();
+    for id in &ids {
+        let (status, body) = daemon.post("/tasks", append_task(&out, id, "10")).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Wait until every task runs its process, then crash the daemon in the middle of the sleeps.
+    wait_until("50 tasks running", || async {
+        let (_, running) = daemon.get("/processes?source=task&state=running").await;
+        running.as_array().map(Vec::len) == Some(50)
+    })
+    .await;
+    daemon.kill9();
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    for id in &ids {
+        let (_, task) = daemon.get(&format!("/tasks/{id}?wait=60s")).await;
+        assert_eq!(task["status"], "completed", "{task}");
+    }
+    for id in &ids {
+        assert_eq!(lines(&out, id), 1, "task {id} ran its append {} times", lines(&out, id));
+    }
+    let (_, task) = daemon.get(&format!("/tasks/{}", ids[0])).await;
+    assert_eq!(task["attempt"], 2, "re-run after the crash: {task}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_of_a_running_task_stops_its_tree_and_it_never_comes_back() {
+    let mut daemon = Daemon::start().await;
+    let id = uuid(4);
+    let body =
+        json!({"id": id, "type": "process", "params": {"command": ["sh", "-c", "sleep 300 & sleep 300 & wait"]}});
+    assert_eq!(daemon.post("/tasks", body).await.0, 201);
+    wait_status(&daemon, &id, "running").await;
+    let pgid = task_group(&daemon, &id, 3).await;
+    let output = daemon.cli(&["task", "rm", &id]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(group_members(pgid).is_empty(), "the task's process tree is gone");
+    assert_eq!(daemon.get(&format!("/tasks/{id}")).await.0, 404);
+    daemon.terminate();
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    assert_eq!(
+        daemon.get(&format!("/tasks/{id}")).await.0,
+        404,
+        "removed tasks never come back"
+    );
+    let (status, _) = request_unix(&daemon.socket, Method::DELETE, &format!("/tasks/{id}"), None, None)
+        .await
+        .expect("UNWRAP: answer");
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_task_resumes_after_restart_and_is_never_failed() {
+    let mut daemon = Daemon::start().await;
+    let out = daemon.dir.0.join("out");
+    std::fs::create_dir_all(&out).expect("UNWRAP: mkdir");
+    let id = uuid(5);
+    assert_eq!(daemon.post("/tasks", append_task(&out, &id, "5")).await.0, 201);
+    task_group(&daemon, &id, 1).await;
+    let status = daemon.terminate().expect("UNWRAP: running");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(lines(&out, &id), 0, "stopped before its append");
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (_, task) = daemon.get(&format!("/tasks/{id}")).await;
+    assert_ne!(task["status"], "failed", "{task}");
+    let (_, task) = daemon.get(&format!("/tasks/{id}?wait=60s")).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    assert!(task["error"].is_null(), "{task}");
+    assert_eq!(lines(&out, &id), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_gives_a_clear_5xx_and_health_503() {
+    if !rustix::process::getuid().is_root() || std::process::Command::new("unshare").arg("--version").output().is_err()
+    {
+        eprintln!("skipped: needs root and unshare for a private tmpfs");
+        return;
+    }
+    let dir = crate::util::TempDir::new();
+    let db_dir = dir.0.join("db");
+    std::fs::create_dir_all(&db_dir).expect("UNWRAP: mkdir");
+    let config = dir.0.join("corral.toml");
+    std::fs::write(
+        &config,
+        format!("store = \"sqlite://{}/corral.db\"\n", db_dir.display()),
+    )
+    .expect("UNWRAP: write");
+    let state_dir = dir.0.join("state");
+    let script = format!(
+        "mount -t tmpfs -o size=4m tmpfs {db} && exec {bin} daemon --config {cfg} --state-dir {state}",
+        db = db_dir.display(),
+        bin = crate::util::bin().display(),
+        cfg = config.display(),
+        state = state_dir.display()
+    );
+    let mut command = std::process::Command::new("unshare");
+    command.args(["-m", "sh", "-c", &script]);
+    crate::util::isolate(&mut command, &dir.0);
+    let log = std::fs::File::create(dir.0.join("daemon.log")).expect("UNWRAP: log");
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("UNWRAP: unshare");
+    let mut daemon = Daemon {
+        child: Some(child),
+        socket: state_dir.join("corral.sock"),
+        state_dir,
+        config: Some(config),
+        dir,
+    };
+    daemon.wait_ready().await;
+    assert_eq!(daemon.get("/health").await.0, 200);
+    // Fill the store's filesystem from inside the daemon's mount namespace.
+    let fill = std::process::Command::new("nsenter")
+        .args(["-t", &daemon.pid().to_string(), "-m", "sh", "-c"])
+        .arg(format!(
+            "dd if=/dev/zero of={}/fill bs=64k 2>/dev/null; true",
+            db_dir.display()
+        ))
+        .status()
+        .expect("UNWRAP: nsenter");
+    assert!(fill.success());
+    let mut answered = None;
+    for n in 0..200u32 {
+        let big = "x".repeat(200_000);
+        let body = json!({"type": "process", "params": {"command": ["echo", big]}, "id": uuid(1000 + n)});
+        let (status, err) = daemon.post("/tasks", body).await;
+        if status >= 500 {
+            answered = Some((status, err));
+            break;
+        }
+    }
+    let (status, err) = answered.expect("UNWRAP: a full disk must fail a submit");
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["code"], "store_unavailable", "{err}");
+    let (status, health) = daemon.get("/health").await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["status"], "unhealthy");
+}
