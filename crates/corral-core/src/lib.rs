@@ -18,4 +18,5 @@ pub mod processes;
 pub mod redact;
 pub mod steps;
 pub mod tasks;
+pub mod tools;
 pub mod units;

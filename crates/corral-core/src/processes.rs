@@ -123,7 +123,23 @@ struct Inner {
     store: Arc<dyn Store>,
     bus: EventBus,
     handles: Mutex<HashMap<String, Handle>>,
+    /// Why a process is being interrupted, for its record's `error`.
+    reasons: Mutex<HashMap<String, String>>,
+    /// Finished processes whose handles (and captured output) are still kept, oldest first.
+    finished: Mutex<FinishedCache>,
 }
+
+/// Handles of finished processes are kept for their output, within a count and a byte budget.
+#[derive(Default)]
+struct FinishedCache {
+    order: std::collections::VecDeque<(String, usize)>,
+    bytes: usize,
+}
+
+/// Finished processes whose output stays readable.
+const KEEP_FINISHED: usize = 1000;
+/// Bytes of captured output kept for finished processes, in all.
+const KEEP_FINISHED_BYTES: usize = 64 * 1024 * 1024;
 
 impl ProcessManager {
     /// A manager over `store`, publishing on `bus`.
@@ -133,6 +149,8 @@ impl ProcessManager {
                 store,
                 bus,
                 handles: Mutex::new(HashMap::new()),
+                reasons: Mutex::new(HashMap::new()),
+                finished: Mutex::new(FinishedCache::default()),
             }),
         }
     }
@@ -243,12 +261,22 @@ impl ProcessManager {
             let finished = process.wait().await;
             manager.record_end(&id, end_of(&finished), finished.signal() == Some(Signal::KILL));
             let _ = recorded_tx.send(true);
+            let bytes = [Stream::Stdout, Stream::Stderr]
+                .iter()
+                .filter_map(|s| process.output(*s))
+                .map(|o| o.bytes.len())
+                .sum();
+            manager.retire(&id, bytes);
         });
         Ok(record)
     }
 
     /// Writes the terminal state (once) and publishes `process.exited` (and `process.killed`).
-    fn record_end(&self, id: &str, end: ProcessEnd, killed: bool) {
+    fn record_end(&self, id: &str, mut end: ProcessEnd, killed: bool) {
+        let reason = self.inner.reasons.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        if let (ProcessState::Interrupted, Some(reason)) = (end.state, reason) {
+            end.error = Some(format!("interrupted: {reason}"));
+        }
         match self.inner.store.finish_process(id, &end) {
             Ok(true) => {}
             Ok(false) => tracing::debug!(process = id, "terminal state already written"),
@@ -261,6 +289,31 @@ impl ProcessManager {
                     .publish("process.killed", json!({"id": id, "signal": "KILL"}));
             }
             self.inner.bus.publish("process.exited", record_json(&record));
+        }
+    }
+
+    /// Keeps a finished process's handle for its output, evicting the oldest beyond the budget, so
+    /// memory stays flat however many processes run.
+    fn retire(&self, id: &str, bytes: usize) {
+        let evicted: Vec<String> = {
+            let mut cache = self.inner.finished.lock().unwrap_or_else(|p| p.into_inner());
+            cache.order.push_back((id.to_owned(), bytes));
+            cache.bytes += bytes;
+            let mut evicted = Vec::new();
+            while cache.order.len() > KEEP_FINISHED || cache.bytes > KEEP_FINISHED_BYTES {
+                let Some((old, old_bytes)) = cache.order.pop_front() else {
+                    break;
+                };
+                cache.bytes -= old_bytes;
+                evicted.push(old);
+            }
+            evicted
+        };
+        if !evicted.is_empty() {
+            let mut handles = self.handles();
+            for old in evicted {
+                handles.remove(&old);
+            }
         }
     }
 
@@ -475,6 +528,7 @@ impl ProcessManager {
             };
             manager.record_end(&record.id, end, false);
             let _ = recorded_tx.send(true);
+            manager.retire(&record.id, 0);
         });
     }
 
@@ -511,6 +565,155 @@ impl ProcessManager {
     pub fn running_count(&self) -> usize {
         self.handles().values().filter(|h| !*h.recorded().borrow()).count()
     }
+}
+
+/// Which live processes an interrupt reaches: all given conditions must hold.
+#[derive(Debug, Clone, Default)]
+pub struct InterruptScope {
+    /// This process only.
+    pub process_id: Option<String>,
+    /// Processes carrying all these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Processes from this source.
+    pub source: Option<String>,
+}
+
+impl InterruptScope {
+    /// True when nothing narrows the scope (refused: it would interrupt everything).
+    pub fn is_empty(&self) -> bool {
+        self.process_id.is_none() && self.labels.is_empty() && self.source.is_none()
+    }
+}
+
+/// What an interrupt did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InterruptReport {
+    /// Live records in scope.
+    pub matched: usize,
+    /// Processes sent a graceful stop (identity verified).
+    pub signaled: usize,
+    /// Records whose process was gone or whose pid names another process now: marked `stale`, never
+    /// signalled.
+    pub stale: usize,
+    /// Records in scope that could not be acted on (ended meanwhile, or not yet started).
+    pub unavailable: usize,
+}
+
+impl ProcessManager {
+    /// Interrupts every live process in `scope`: each goes `running` → `interrupting` → `interrupted`,
+    /// its identity verified first and its whole group stopped gracefully. With `wait`, returns once all
+    /// signalled processes are gone.
+    pub async fn interrupt(
+        &self,
+        scope: &InterruptScope,
+        reason: Option<&str>,
+        grace: Option<Duration>,
+        wait: bool,
+    ) -> Result<InterruptReport, ProcessesError> {
+        if scope.is_empty() {
+            return Err(ProcessesError::Invalid(
+                "empty interrupt scope: give a process_id, labels or a source".into(),
+            ));
+        }
+        let filter = ProcessFilter {
+            labels: scope.labels.clone(),
+            states: vec![ProcessState::Pending, ProcessState::Running, ProcessState::Interrupting],
+            source: scope.source.clone(),
+            limit: None,
+        };
+        let records: Vec<ProcessRecord> = match &scope.process_id {
+            Some(id) => self
+                .inner
+                .store
+                .get_process(id)?
+                .into_iter()
+                .filter(|r| record_matches(r, &filter))
+                .collect(),
+            None => self.inner.store.list_processes(&filter)?,
+        };
+        let grace = grace.unwrap_or(DEFAULT_GRACE);
+        let reason = reason.unwrap_or("interrupt requested").to_owned();
+        let mut report = InterruptReport {
+            matched: records.len(),
+            ..InterruptReport::default()
+        };
+        let mut waits = Vec::new();
+        for record in records {
+            let handle = self.handle(&record.id);
+            match handle {
+                Some(handle) if *handle.recorded().borrow() => report.unavailable += 1,
+                Some(Handle::Live { process, recorded }) => {
+                    self.note_reason(&record.id, &reason);
+                    self.inner.store.transition_process(
+                        &record.id,
+                        &[ProcessState::Running],
+                        ProcessState::Interrupting,
+                    )?;
+                    process.start_shutdown(grace);
+                    report.signaled += 1;
+                    waits.push(recorded);
+                }
+                Some(Handle::Recovered {
+                    identity,
+                    pgid,
+                    recorded,
+                }) => match identity.check() {
+                    Ok(Liveness::Alive) => {
+                        self.note_reason(&record.id, &reason);
+                        self.inner.store.transition_process(
+                            &record.id,
+                            &[ProcessState::Running],
+                            ProcessState::Interrupting,
+                        )?;
+                        tokio::spawn(async move { stop_recovered(&identity, pgid, grace).await });
+                        report.signaled += 1;
+                        waits.push(recorded);
+                    }
+                    _ => {
+                        // Its watcher will see the exit; the pid is not ours to signal any more.
+                        report.stale += 1;
+                    }
+                },
+                None if record.state == ProcessState::Pending => report.unavailable += 1,
+                None => {
+                    // A live record nobody watches (it was not reconciled): check, never signal blindly.
+                    let end = ProcessEnd {
+                        state: ProcessState::Stale,
+                        exit_code: None,
+                        signal: None,
+                        error: Some("process gone or pid reused; not signalled".into()),
+                        ended_at: now_ms(),
+                    };
+                    self.inner.store.finish_process(&record.id, &end)?;
+                    report.stale += 1;
+                }
+            }
+        }
+        self.inner.bus.publish(
+            "process.interrupt",
+            json!({"reason": reason, "matched": report.matched, "signaled": report.signaled, "stale": report.stale}),
+        );
+        if wait {
+            for mut recorded in waits {
+                let _ = recorded.wait_for(|done| *done).await;
+            }
+        }
+        Ok(report)
+    }
+
+    fn note_reason(&self, id: &str, reason: &str) {
+        self.inner
+            .reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), reason.to_owned());
+    }
+}
+
+fn record_matches(record: &ProcessRecord, filter: &ProcessFilter) -> bool {
+    filter.states.contains(&record.state)
+        && filter.source.as_ref().is_none_or(|s| *s == record.source)
+        && filter.labels.iter().all(|(k, v)| record.labels.get(k) == Some(v))
 }
 
 /// Stops a process that is not our child: identity verified first, then the group, `TERM` → grace →

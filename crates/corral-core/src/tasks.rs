@@ -63,7 +63,8 @@ use corral_store::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use tokio::sync::{watch, Semaphore};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::watch;
 
 use crate::events::{now_ms, EventBus};
 use crate::pipeline::CancelToken;
@@ -260,7 +261,14 @@ impl Default for TypeOptions {
 struct TypeEntry {
     handler: Arc<dyn TaskHandler>,
     options: TypeOptions,
-    permits: Option<Arc<Semaphore>>,
+    /// For a type with a concurrency limit: its waiting line, in submit order.
+    queue: Option<Mutex<TypeQueue>>,
+}
+
+#[derive(Default)]
+struct TypeQueue {
+    waiting: std::collections::VecDeque<TaskRecord>,
+    active: usize,
 }
 
 /// Builds a [`TaskEngine`].
@@ -298,14 +306,14 @@ impl TaskEngineBuilder {
     ) -> Result<TaskEngine, EngineError> {
         let mut types = HashMap::new();
         for (name, handler, options) in self.types {
-            let permits = options.concurrency.map(|n| Arc::new(Semaphore::new(n.max(1))));
+            let queue = options.concurrency.map(|_| Mutex::new(TypeQueue::default()));
             if types
                 .insert(
                     name.clone(),
                     TypeEntry {
                         handler,
                         options,
-                        permits,
+                        queue,
                     },
                 )
                 .is_some()
@@ -330,6 +338,7 @@ impl TaskEngineBuilder {
                 lease: self.lease.unwrap_or(DEFAULT_LEASE),
                 running: Mutex::new(HashMap::new()),
                 processes,
+                stopping: AtomicBool::new(false),
             }),
         })
     }
@@ -340,6 +349,8 @@ impl TaskEngineBuilder {
 enum StopReason {
     Removed,
     Shutdown,
+    /// Another node took the task over after our lease lapsed.
+    LostClaim,
 }
 
 struct Running {
@@ -356,6 +367,8 @@ struct Inner {
     lease: Duration,
     running: Mutex<HashMap<String, Running>>,
     processes: Option<ProcessManager>,
+    /// Set by `shutdown`: nothing new is claimed.
+    stopping: AtomicBool,
 }
 
 /// What [`TaskEngine::submit`] did.
@@ -463,44 +476,90 @@ impl TaskEngine {
         Ok(result)
     }
 
-    /// Runs a queued task once a permit of its type is free. The claim in the store decides whether it
-    /// runs at all (it may have been removed meanwhile).
+    /// Queues a task to run: at once for a type without a limit, else in submit order as slots free up.
+    /// The claim in the store decides whether it runs at all (it may have been removed meanwhile).
     fn enqueue(&self, record: TaskRecord) {
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let Some(entry) = engine.inner.types.get(&record.task_type) else {
-                let end = TaskEnd {
-                    status: TaskStatus::Failed,
-                    result: None,
-                    error: Some(format!(
-                        "no handler for task type {:?} in this daemon",
-                        record.task_type
-                    )),
-                    completed_at: now_ms(),
-                };
-                // Claim first: only the claimant may finish it.
-                if let Ok(Some(_)) = engine.claim(&record.id) {
-                    let _ = engine.inner.store.finish_task(&record.id, &engine.inner.node, &end);
+        let Some(entry) = self.inner.types.get(&record.task_type) else {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.fail_unknown_type(record) });
+            return;
+        };
+        match &entry.queue {
+            None => {
+                let engine = self.clone();
+                tokio::spawn(async move { engine.run_one(record, false).await });
+            }
+            Some(queue) => {
+                queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .waiting
+                    .push_back(record.clone());
+                self.dispatch(&record.task_type);
+            }
+        }
+    }
+
+    /// Starts waiting tasks of `task_type` from the front of its queue while slots are free.
+    fn dispatch(&self, task_type: &str) {
+        let Some(TypeEntry {
+            queue: Some(queue),
+            options,
+            ..
+        }) = self.inner.types.get(task_type)
+        else {
+            return;
+        };
+        let limit = options.concurrency.unwrap_or(usize::MAX).max(1);
+        loop {
+            let next = {
+                let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+                if self.inner.stopping.load(Ordering::SeqCst) || queue.active >= limit {
+                    None
+                } else {
+                    let next = queue.waiting.pop_front();
+                    if next.is_some() {
+                        queue.active += 1;
+                    }
+                    next
                 }
-                return;
             };
-            let _permit = match &entry.permits {
-                Some(permits) => match permits.clone().acquire_owned().await {
-                    Ok(permit) => Some(permit),
-                    Err(_) => return,
-                },
-                None => None,
-            };
-            let claimed = match engine.claim(&record.id) {
-                Ok(Some(claimed)) => claimed,
-                Ok(None) => return, // removed, or claimed elsewhere
-                Err(err) => {
-                    tracing::error!(task = %record.id, error = %err, "cannot claim task; it stays queued");
-                    return;
-                }
-            };
-            engine.run_claimed(claimed, entry.handler.clone()).await;
-        });
+            let Some(record) = next else { return };
+            let engine = self.clone();
+            tokio::spawn(async move { engine.run_one(record, true).await });
+        }
+    }
+
+    fn fail_unknown_type(&self, record: TaskRecord) {
+        let end = TaskEnd {
+            status: TaskStatus::Failed,
+            result: None,
+            error: Some(format!(
+                "no handler for task type {:?} in this daemon",
+                record.task_type
+            )),
+            completed_at: now_ms(),
+        };
+        // Claim first: only the claimant may finish it.
+        if let Ok(Some(_)) = self.claim(&record.id) {
+            let _ = self.inner.store.finish_task(&record.id, &self.inner.node, &end);
+        }
+    }
+
+    /// Claims and runs one task; `limited` releases its type's slot afterwards.
+    async fn run_one(&self, record: TaskRecord, limited: bool) {
+        if !self.inner.stopping.load(Ordering::SeqCst) {
+            if let Some(entry) = self.inner.types.get(&record.task_type) {
+                self.claim_and_run(&record, entry.handler.clone()).await;
+            }
+        }
+        if limited {
+            if let Some(TypeEntry { queue: Some(queue), .. }) = self.inner.types.get(&record.task_type) {
+                let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+                queue.active = queue.active.saturating_sub(1);
+            }
+            self.dispatch(&record.task_type);
+        }
     }
 
     fn claim(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
@@ -510,7 +569,8 @@ impl TaskEngine {
             .claim_task(id, &self.inner.node, now + self.inner.lease.as_millis() as i64, now)
     }
 
-    async fn run_claimed(&self, record: TaskRecord, handler: Arc<dyn TaskHandler>) {
+    async fn claim_and_run(&self, record: &TaskRecord, handler: Arc<dyn TaskHandler>) {
+        // Registered before the claim, so a `remove` racing the claim always finds the run to cancel.
         let cancel = CancelToken::new();
         let reason = Arc::new(Mutex::new(None));
         let (done_tx, done_rx) = watch::channel(false);
@@ -522,6 +582,33 @@ impl TaskEngine {
                 done: done_rx,
             },
         );
+        let claimed = match self.claim(&record.id) {
+            Ok(Some(claimed)) if !cancel.is_cancelled() => Some(claimed),
+            Ok(Some(claimed)) => {
+                // Removed or shut down between registration and claim: do not start it.
+                let _ = self.inner.store.requeue_task(&claimed.id, &self.inner.node, now_ms());
+                None
+            }
+            Ok(None) => None, // removed, or claimed elsewhere
+            Err(err) => {
+                tracing::error!(task = %record.id, error = %err, "cannot claim task; it stays queued");
+                None
+            }
+        };
+        if let Some(claimed) = claimed {
+            self.run_claimed(claimed, handler, cancel, reason).await;
+        }
+        self.running().remove(&record.id);
+        let _ = done_tx.send(true);
+    }
+
+    async fn run_claimed(
+        &self,
+        record: TaskRecord,
+        handler: Arc<dyn TaskHandler>,
+        cancel: CancelToken,
+        reason: Arc<Mutex<Option<StopReason>>>,
+    ) {
         self.inner.bus.publish("task.started", task_json(&record));
         let context = TaskContext {
             id: record.id.clone(),
@@ -532,11 +619,12 @@ impl TaskEngine {
                 node: self.inner.node.clone(),
             },
         };
-        let run = handler.run(record.params.clone(), context);
-        // A panicking handler fails its task, not the engine.
-        let run = tokio::spawn(run);
+        let params = record.params.clone();
+        // A panicking handler (also one that panics before returning its future) fails its task, not the
+        // engine.
+        let run = tokio::spawn(async move { handler.run(params, context).await });
         let outcome = {
-            let renew = self.renew_lease(&record.id);
+            let renew = self.renew_lease(&record.id, &cancel, &reason);
             tokio::pin!(run);
             tokio::pin!(renew);
             tokio::select! {
@@ -548,11 +636,8 @@ impl TaskEngine {
         let store = &self.inner.store;
         let node = &self.inner.node;
         match stop {
-            Some(StopReason::Removed) => {
-                self.inner
-                    .bus
-                    .publish("task.removed", json!({"id": record.id, "type": record.task_type}));
-            }
+            // The row is gone; `remove` publishes the event.
+            Some(StopReason::Removed) | Some(StopReason::LostClaim) => {}
             Some(StopReason::Shutdown) => {
                 if let Err(err) = store.requeue_task(&record.id, node, now_ms()) {
                     tracing::error!(task = %record.id, error = %err, "cannot requeue task at shutdown");
@@ -597,19 +682,26 @@ impl TaskEngine {
                 }
             }
         }
-        self.running().remove(&record.id);
-        let _ = done_tx.send(true);
     }
 
-    /// Renews the lease every third of it, forever (the caller drops this future when the run ends).
-    async fn renew_lease(&self, id: &str) {
+    /// Renews the lease every third of it, until the run ends (the caller drops this future then). A
+    /// lease found lost (another node took the task over) cancels the run: it must not go on twice.
+    async fn renew_lease(&self, id: &str, cancel: &CancelToken, reason: &Mutex<Option<StopReason>>) {
         let every = self.inner.lease / 3;
         loop {
             tokio::time::sleep(every).await;
             let until = now_ms() + self.inner.lease.as_millis() as i64;
             match self.inner.store.renew_task_lease(id, &self.inner.node, until) {
                 Ok(true) => {}
-                Ok(false) => tracing::warn!(task = id, "lease not renewed: the task is no longer ours"),
+                Ok(false) => {
+                    tracing::warn!(task = id, "lease lost: the task is no longer ours; cancelling this run");
+                    reason
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(StopReason::LostClaim);
+                    cancel.cancel();
+                    std::future::pending::<()>().await;
+                }
                 Err(err) => tracing::warn!(task = id, error = %err, "cannot renew task lease"),
             }
         }
@@ -686,6 +778,7 @@ impl TaskEngine {
     /// non-idempotent ones), and queues what was queued.
     pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
         let mut report = RecoveryReport::default();
+        let mut own_requeued = 0;
         for record in self.inner.store.tasks_to_recover(&self.inner.node, now_ms())? {
             let idempotent = self
                 .inner
@@ -708,13 +801,14 @@ impl TaskEngine {
             if idempotent {
                 if self.inner.store.requeue_task(&record.id, &self.inner.node, now_ms())? {
                     report.rerun += 1;
+                    own_requeued += 1;
                 }
             } else {
                 report.failed += usize::from(self.fail_interrupted(&record.id)?);
             }
         }
         let queued = self.inner.store.queued_tasks(usize::MAX)?;
-        report.queued = queued.len().saturating_sub(report.rerun);
+        report.queued = queued.len().saturating_sub(own_requeued);
         for record in queued {
             self.enqueue(record);
         }
@@ -755,6 +849,7 @@ impl TaskEngine {
 
     /// Cancels every running task and puts it back to `queued`; returns when all have stopped.
     pub async fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
         let running: Vec<(CancelToken, watch::Receiver<bool>)> = self
             .running()
             .values()

@@ -145,18 +145,64 @@ impl Events {
     }
 }
 
+/// A process's own event channel, created on the first subscription (most processes never have a
+/// subscriber, and a channel's buffer is allocated whole), and closed after the final event.
+#[derive(Debug, Default)]
+pub(crate) struct EventSlot {
+    state: std::sync::Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    sender: Option<broadcast::Sender<ProcessEvent>>,
+    closed: bool,
+}
+
+impl EventSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new subscription; an ended one once the slot is closed.
+    pub(crate) fn subscribe(&self, capacity: usize) -> Events {
+        let mut state = self.lock();
+        if state.closed {
+            return Events::ended();
+        }
+        let sender = state.sender.get_or_insert_with(|| broadcast::channel(capacity).0);
+        Events::new(sender.subscribe())
+    }
+
+    /// Closes the channel: subscribers read what is queued, then see the end.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.sender = None;
+    }
+
+    fn has_listeners(&self) -> bool {
+        self.lock().sender.as_ref().is_some_and(|s| s.receiver_count() > 0)
+    }
+
+    fn send(&self, event: ProcessEvent) {
+        if let Some(sender) = &self.lock().sender {
+            let _ = sender.send(event);
+        }
+    }
+}
+
 /// Where a process sends its events: its own channel, and optionally a shared one (e.g. a registry's).
 #[derive(Debug, Clone)]
 pub(crate) struct EventSender {
     pub(crate) id: ProcessId,
-    pub(crate) own: broadcast::Sender<ProcessEvent>,
+    pub(crate) own: std::sync::Arc<EventSlot>,
     pub(crate) shared: Option<broadcast::Sender<ProcessEvent>>,
 }
 
 impl EventSender {
     /// True when anyone listens (so work spent building an event is not wasted).
     pub(crate) fn has_listeners(&self) -> bool {
-        self.own.receiver_count() > 0 || self.shared.as_ref().is_some_and(|s| s.receiver_count() > 0)
+        self.own.has_listeners() || self.shared.as_ref().is_some_and(|s| s.receiver_count() > 0)
     }
 
     pub(crate) fn send(&self, kind: EventKind) {
@@ -168,6 +214,6 @@ impl EventSender {
             // An error only means nobody listens now.
             let _ = shared.send(event.clone());
         }
-        let _ = self.own.send(event);
+        self.own.send(event);
     }
 }

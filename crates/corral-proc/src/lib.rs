@@ -48,6 +48,7 @@ mod error;
 mod event;
 mod group;
 mod identity;
+pub mod keeper;
 mod lines;
 mod output;
 mod process;

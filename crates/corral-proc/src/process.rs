@@ -18,12 +18,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::command::{classify_spawn_error, Command, Leftovers};
 use crate::error::{ProcessError, SpawnError};
-use crate::event::{EventKind, EventSender, Events, ProcessEvent, ProcessId, Stream};
+use crate::event::{EventKind, EventSender, EventSlot, Events, ProcessId, Stream};
 use crate::group;
 use crate::identity::{Pidfd, ProcessIdentity};
 use crate::output::{Capture, LogWriter, Pump};
@@ -239,8 +239,8 @@ struct Shared {
     stdin_piped: bool,
     stdout: Option<Arc<Capture>>,
     stderr: Option<Arc<Capture>>,
-    /// Weak, so the channel closes (and subscribers see the end) once the actor and pumps are done.
-    events: broadcast::WeakSender<ProcessEvent>,
+    /// Created on first subscription; closed by the actor after the final event.
+    events: Arc<EventSlot>,
 }
 
 /// A cheap, cloneable handle on one supervised process. Dropping every handle does not stop the process:
@@ -305,7 +305,7 @@ impl Process {
         };
 
         let id = command.id.clone().unwrap_or_else(ProcessId::random);
-        let (own_events, _) = broadcast::channel(EVENT_CAPACITY);
+        let own_events = Arc::new(EventSlot::default());
         let events = EventSender {
             id: id.clone(),
             own: own_events.clone(),
@@ -347,9 +347,8 @@ impl Process {
             stdin_piped,
             stdout,
             stderr,
-            events: own_events.downgrade(),
+            events: own_events,
         });
-        drop(own_events);
         events.send(EventKind::Started {
             pid,
             pgid: pid,
@@ -453,10 +452,7 @@ impl Process {
     /// Subscribes to this process's events from now on. The subscription ends after the
     /// [`EventKind::Exited`] event; subscribing after that gives an ended subscription.
     pub fn subscribe(&self) -> Events {
-        match self.shared.events.upgrade() {
-            Some(sender) => Events::new(sender.subscribe()),
-            None => Events::ended(),
-        }
+        self.shared.events.subscribe(EVENT_CAPACITY)
     }
 
     /// A snapshot of one stream's captured output; `None` when that stream is not captured.
@@ -624,6 +620,7 @@ impl Actor {
         };
         self.state.send_replace(State::Finished(finished.clone()));
         self.events.send(EventKind::Exited(finished));
+        self.events.own.close();
     }
 
     /// Phase 1: the leader runs. Ends with the leader reaped and its exit status.

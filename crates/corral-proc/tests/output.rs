@@ -203,3 +203,57 @@ async fn merged_output_interleaves_in_order() {
     );
     assert!(process.output(Stream::Stderr).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zz_a_last_line_without_newline_is_delivered_at_eof() {
+    let registry = Registry::new();
+    let mut events = registry.subscribe();
+    registry
+        .spawn(Command::new(["printf", "a\\nb"]))
+        .expect("UNWRAP: spawn");
+    let mut lines = Vec::new();
+    while let Some(Received::Event(event)) = events.recv().await {
+        match event.kind {
+            EventKind::Output { lines: batch, .. } => lines.extend(batch.iter().map(|l| (l.to_string_lossy(), l.end))),
+            EventKind::Exited(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        lines,
+        vec![("a".to_string(), LineEnd::Newline), ("b".to_string(), LineEnd::Eof)]
+    );
+}
+
+#[test]
+fn zz_a_full_stdin_pipe_does_not_block_the_runtime() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (pg_tx, pg_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("UNWRAP: rt");
+        rt.block_on(async {
+            let process = Command::new(["sleep", "300"])
+                .stdin(StdinMode::Piped)
+                .spawn()
+                .expect("UNWRAP: spawn");
+            let _ = pg_tx.send(process.pgid());
+            // The child never reads: 1 MiB cannot fit in the pipe, so the write must stay pending, not block.
+            let write =
+                tokio::time::timeout(Duration::from_millis(300), process.write_stdin(&vec![b'x'; 1 << 20])).await;
+            process.kill().await;
+            let _ = tx.send(write.is_err());
+        });
+    });
+    let pgid = pg_rx.recv().expect("UNWRAP: spawned");
+    let pending = rx.recv_timeout(Duration::from_secs(20));
+    if pending.is_err() {
+        let _ = corral_proc::signal_group(pgid, corral_proc::Signal::KILL);
+    }
+    assert!(
+        pending.expect("the runtime thread is blocked in a write to stdin"),
+        "write finished although nobody reads"
+    );
+}

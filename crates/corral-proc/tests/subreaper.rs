@@ -40,3 +40,27 @@ async fn orphans_are_adopted_and_reaped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zz_the_reaper_never_steals_a_tracked_child() {
+    // Sweep as often as possible while children of ours exit: none of their exit statuses may be lost.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sweeper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                reaper::reap_orphans();
+            }
+        })
+    };
+    for i in 0..300 {
+        let finished = Command::new(["sh", "-c", "exit 7"])
+            .spawn()
+            .expect("UNWRAP: spawn")
+            .wait()
+            .await;
+        assert_eq!(finished.exit_code(), Some(7), "spawn {i}: {finished:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sweeper.join().expect("UNWRAP: sweeper");
+}

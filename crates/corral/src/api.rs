@@ -214,3 +214,30 @@ impl TaskJson {
         matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
     }
 }
+
+/// `POST /interrupt`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InterruptRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) process_id: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) grace: Option<String>,
+    #[serde(default)]
+    pub(crate) wait: bool,
+}
+
+/// `POST /interrupt` answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct InterruptJson {
+    pub(crate) matched: usize,
+    pub(crate) signaled: usize,
+    pub(crate) stale: usize,
+    pub(crate) unavailable: usize,
+}

@@ -50,6 +50,8 @@ pub(crate) enum Command {
     Stop(StopArgs),
     /// Send a signal to a process.
     Signal(SignalArgs),
+    /// Interrupt every live process in a scope (by id, labels, source): identity-checked graceful stop.
+    Interrupt(InterruptArgs),
     /// List the daemons running on this machine.
     Daemons,
     /// Pipelines of commands with dependencies.
@@ -174,6 +176,29 @@ pub(crate) struct StopArgs {
     /// Time between TERM and KILL [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub(crate) grace: Option<String>,
+}
+
+/// `corral interrupt`.
+#[derive(Debug, Args)]
+pub(crate) struct InterruptArgs {
+    /// Only this process.
+    #[arg(long, value_name = "ID")]
+    pub(crate) id: Option<String>,
+    /// Processes carrying this label, repeatable (all must match): --label session=abc.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub(crate) labels: Vec<(String, String)>,
+    /// Processes from this source: adhoc, exec, task, pipeline, service, hook.
+    #[arg(long)]
+    pub(crate) source: Option<String>,
+    /// Why, recorded with each interrupted process.
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+    /// Time between TERM and KILL [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) grace: Option<String>,
+    /// Return only once every interrupted process is gone.
+    #[arg(long)]
+    pub(crate) wait: bool,
 }
 
 /// `corral signal`.

@@ -61,6 +61,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => client::commands::logs(&client()?, args, cli.json).await,
         Command::Stop(args) => client::commands::stop(&client()?, args, cli.json).await,
         Command::Signal(args) => client::commands::signal(&client()?, args, cli.json).await,
+        Command::Interrupt(args) => client::commands::interrupt(&client()?, args, cli.json).await,
         Command::Daemons => client::commands::daemons(cli.json),
         Command::Pipeline(command) => client::commands::pipeline(&client()?, command, cli.json).await,
         Command::Task(command) => client::tasks::task(&client()?, command, cli.json).await,

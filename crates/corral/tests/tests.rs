@@ -4,6 +4,7 @@ mod util;
 
 mod api;
 mod auth;
+mod interrupt;
 mod lifecycle;
 mod pipelines;
 mod processes;

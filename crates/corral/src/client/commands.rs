@@ -287,6 +287,32 @@ pub(crate) async fn signal(client: &Client, args: SignalArgs, json: bool) -> any
     Ok(ExitCode::SUCCESS)
 }
 
+/// `corral interrupt`.
+pub(crate) async fn interrupt(
+    client: &Client,
+    args: crate::cli::InterruptArgs,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let request = crate::api::InterruptRequest {
+        process_id: args.id,
+        labels: args.labels.into_iter().collect(),
+        source: args.source,
+        reason: args.reason,
+        grace: args.grace,
+        wait: args.wait,
+    };
+    let report: crate::api::InterruptJson = client.call(Method::POST, "/interrupt", Some(&request)).await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "matched {}, signaled {}, stale {}, unavailable {}",
+            report.matched, report.signaled, report.stale, report.unavailable
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `corral daemons`.
 pub(crate) fn daemons(json: bool) -> anyhow::Result<ExitCode> {
     let entries = crate::daemon::registry::list();

@@ -23,6 +23,12 @@ pub(crate) fn document() -> Value {
             "/processes/{id}/stop": {"post": op("Stop the whole group: {grace?}; answers when it is gone")},
             "/processes/{id}/stdin": {"post": op("Write to stdin: {data, close?}")},
             "/processes/{id}/output": {"get": op("Captured output; ?follow=true streams lines as SSE until exit")},
+            "/interrupt": {"post": op("Interrupt live processes in a scope: {process_id?, labels?, source?, reason?, grace?, wait?} → {matched, signaled, stale, unavailable}")},
+            "/tasks": {
+                "get": op("List tasks (?status=, type=, limit=)"),
+                "post": op("Submit a task: {id?, type, params} → 201 new, 200 known")
+            },
+            "/tasks/{id}": {"get": op("One task (?wait=30s long-polls until finished)"), "delete": op("Cancel a running task and remove it")},
             "/pipelines": {"post": op("Run a pipeline spec (JSON form of the TOML file) → {id}")},
             "/pipelines/{id}": {"get": op("Per-step status of a pipeline")}
         },

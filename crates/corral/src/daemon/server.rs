@@ -208,6 +208,7 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/processes/{id}/stop", post(stop_process))
         .route("/processes/{id}/stdin", post(stdin_process))
         .route("/processes/{id}/output", get(process_output))
+        .route("/interrupt", post(interrupt))
         .merge(crate::daemon::pipelines::router())
         .merge(crate::daemon::tasks::router())
         .fallback(|| async { AppError::not_found("no such route") })
@@ -463,6 +464,38 @@ fn process_filter(query: Option<&str>) -> Result<ProcessFilter, AppError> {
         }
     }
     Ok(filter)
+}
+
+async fn interrupt(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<crate::api::InterruptRequest>,
+) -> Result<Json<crate::api::InterruptJson>, AppError> {
+    let scope = corral_core::processes::InterruptScope {
+        process_id: body.process_id,
+        labels: body.labels,
+        source: body.source,
+    };
+    if scope.is_empty() {
+        return Err(AppError::bad_request(
+            "empty_scope",
+            "an interrupt needs a scope: process_id, labels or source",
+        ));
+    }
+    let grace = duration_field("grace", body.grace.as_deref())?;
+    let report = state
+        .inner
+        .processes
+        .interrupt(&scope, body.reason.as_deref(), grace, body.wait)
+        .await?;
+    if report.matched == 0 {
+        return Err(AppError::not_found("no live process matches this scope"));
+    }
+    Ok(Json(crate::api::InterruptJson {
+        matched: report.matched,
+        signaled: report.signaled,
+        stale: report.stale,
+        unavailable: report.unavailable,
+    }))
 }
 
 async fn list_processes(
