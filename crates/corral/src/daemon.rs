@@ -58,6 +58,10 @@ pub(crate) fn init_logging() {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("{}", config.summary());
+    // Installed before anything else: a SIGTERM during start-up is handled (as a graceful stop once
+    // started), never the default instant death.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let tokens = Tokens::new(
         config
             .tokens
@@ -224,8 +228,6 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     notify::notify("READY=1");
     tracing::info!(socket = %socket_path.display(), pid = std::process::id(), "corral daemon ready");
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),

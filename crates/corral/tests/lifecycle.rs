@@ -249,3 +249,37 @@ async fn the_bundled_example_config_starts_and_runs_the_example_pipeline() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("4 passed, 0 failed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_notify_gets_ready_and_stopping() {
+    let dir = TempDir::new();
+    let notify_path = dir.0.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("UNWRAP: bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("UNWRAP: timeout");
+    let mut daemon = Daemon {
+        child: None,
+        state_dir: dir.0.join("state"),
+        socket: dir.0.join("state/corral.sock"),
+        config: None,
+        dir,
+    };
+    let notify = notify_path.to_str().expect("UNWRAP: utf8").to_owned();
+    let mut command = daemon.daemon_command();
+    command
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    daemon.child = Some(command.spawn().expect("UNWRAP: spawn"));
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("UNWRAP: READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready was announced after the socket was serving.
+    assert_eq!(daemon.get("/ready").await.0, 200);
+    let status = daemon.terminate().expect("UNWRAP: running");
+    assert!(status.success());
+    let n = socket.recv(&mut buf).expect("UNWRAP: STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
