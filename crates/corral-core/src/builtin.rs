@@ -76,6 +76,7 @@ impl TaskHandler for ProcessTask {
                 grace: Some(grace),
                 stdin: false,
                 id: None,
+                record_command: None,
             };
             let record = match processes.start(request) {
                 Ok(record) => record,
@@ -152,6 +153,177 @@ impl TaskHandler for PipelineTask {
                     result.failed, result.skipped, result.cancelled
                 ))
                 .with_result(value))
+            }
+        })
+    }
+}
+
+/// Params of an `exec` job: a declared tool command and its args (validated against the declaration).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    /// Tool name.
+    pub tool: String,
+    /// Command name within the tool.
+    pub command: String,
+    /// Caller args by name (string values).
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+    /// Owner labels for the job's process (e.g. `session=abc`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Bytes of stdout and of stderr kept in an exec job's result (newest kept).
+pub const EXEC_OUTPUT_CAP: usize = 1024 * 1024;
+
+/// `exec`: runs a command declared in the tool registry, args checked and substituted one per argv slot,
+/// never through a shell; stdout and stderr captured up to [`EXEC_OUTPUT_CAP`] each.
+pub struct ExecTask {
+    processes: ProcessManager,
+    registry: std::sync::Arc<crate::tools::ToolRegistry>,
+    limits: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
+}
+
+impl ExecTask {
+    /// A handler running commands of `registry` through `processes`.
+    pub fn new(processes: ProcessManager, registry: std::sync::Arc<crate::tools::ToolRegistry>) -> Self {
+        ExecTask {
+            processes,
+            registry,
+            limits: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The semaphore of a command with a concurrency limit (tokio's semaphore is fair: FIFO).
+    fn limit(&self, key: &str, permits: usize) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits
+            .entry(key.to_owned())
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(permits.max(1))))
+            .clone()
+    }
+}
+
+impl TaskHandler for ExecTask {
+    fn validate(&self, params: &Value) -> Result<(), String> {
+        let params: ExecParams = serde_json::from_value(params.clone()).map_err(|e| e.to_string())?;
+        let spec = self
+            .registry
+            .current()
+            .lookup(&params.tool, &params.command)
+            .ok_or_else(|| format!("no command {}/{} is declared", params.tool, params.command))?;
+        spec.invocation(&params.args).map(drop).map_err(|e| e.to_string())
+    }
+
+    fn run(&self, params: Value, context: TaskContext) -> TaskFuture {
+        let processes = self.processes.clone();
+        let registry = self.registry.clone();
+        let parsed: Result<ExecParams, _> = serde_json::from_value(params);
+        let limit = parsed.as_ref().ok().and_then(|p| {
+            let spec = registry.current().lookup(&p.tool, &p.command)?;
+            let permits = spec.concurrency()? as usize;
+            Some(self.limit(&format!("{}/{}", p.tool, p.command), permits))
+        });
+        Box::pin(async move {
+            let params = parsed.map_err(|e| TaskError::new(format!("invalid params: {e}")))?;
+            let spec = registry
+                .current()
+                .lookup(&params.tool, &params.command)
+                .ok_or_else(|| {
+                    TaskError::new(format!(
+                        "command {}/{} is no longer declared",
+                        params.tool, params.command
+                    ))
+                })?;
+            let invocation = spec
+                .invocation(&params.args)
+                .map_err(|e| TaskError::new(e.to_string()))?;
+            let _permit = match limit {
+                Some(limit) => {
+                    context.set_progress(json!({"state": "queued"}));
+                    let permit = tokio::select! {
+                        permit = limit.acquire_owned() => permit.ok(),
+                        _ = context.cancel_token().cancelled() => return Err(TaskError::new("cancelled while queued")),
+                    };
+                    context.set_progress(json!({"state": "running"}));
+                    permit
+                }
+                None => None,
+            };
+            let mut labels = params.labels.clone();
+            labels.insert("job".into(), context.id().to_owned());
+            labels.insert("tool".into(), params.tool.clone());
+            labels.insert("command".into(), params.command.clone());
+            let request = StartRequest {
+                command: invocation.argv.clone(),
+                dir: None,
+                env: BTreeMap::new(),
+                labels,
+                source: "exec".into(),
+                timeout: Some(spec.timeout()),
+                grace: Some(DEFAULT_GRACE),
+                stdin: false,
+                id: None,
+                record_command: Some(invocation.redacted_argv.clone()),
+            };
+            let started = std::time::Instant::now();
+            let record = match processes.start(request) {
+                Ok(record) => record,
+                Err(ProcessesError::Spawn { error, record }) => {
+                    return Err(TaskError::new(error).with_result(json!({"process_id": record.id})))
+                }
+                Err(err) => return Err(TaskError::new(err.to_string())),
+            };
+            let Some(process) = processes.process(&record.id) else {
+                return Err(TaskError::new("process vanished right after start"));
+            };
+            tokio::select! {
+                _ = process.wait() => {}
+                _ = context.cancel_token().cancelled() => {
+                    let _ = processes.stop(&record.id, Some(DEFAULT_GRACE)).await;
+                }
+            }
+            let finished = process.wait().await;
+            processes.wait_recorded(&record.id).await;
+            let capture = |stream: corral_proc::Stream| {
+                process
+                    .output(stream)
+                    .map(|o| {
+                        let start = o.bytes.len().saturating_sub(EXEC_OUTPUT_CAP);
+                        let truncated = o.dropped > 0 || start > 0;
+                        (String::from_utf8_lossy(&o.bytes[start..]).into_owned(), truncated)
+                    })
+                    .unwrap_or_default()
+            };
+            let (stdout, stdout_cut) = capture(corral_proc::Stream::Stdout);
+            let (stderr, stderr_cut) = capture(corral_proc::Stream::Stderr);
+            let result = json!({
+                "process_id": record.id,
+                "exit_code": finished.exit_code(),
+                "signal": finished.signal().map(|s| s.name()),
+                "stdout": stdout,
+                "stderr": stderr,
+                "truncated": stdout_cut || stderr_cut,
+                "duration_ms": started.elapsed().as_millis() as u64,
+            });
+            match &finished.outcome {
+                corral_proc::Outcome::Completed => Ok(result),
+                corral_proc::Outcome::Failed(corral_proc::Failure::ExitCode(code)) => {
+                    Err(TaskError::new(format!("exited with code {code}")).with_result(result))
+                }
+                corral_proc::Outcome::Failed(corral_proc::Failure::TimedOut) => Err(TaskError::new(format!(
+                    "timed out after {}",
+                    crate::units::format_duration(spec.timeout())
+                ))
+                .with_result(result)),
+                corral_proc::Outcome::Failed(corral_proc::Failure::Signal(signal)) => {
+                    Err(TaskError::new(format!("killed by signal {signal}")).with_result(result))
+                }
+                corral_proc::Outcome::Interrupted => Err(TaskError::new("stopped on request").with_result(result)),
+                corral_proc::Outcome::Failed(corral_proc::Failure::Unknown) => {
+                    Err(TaskError::new("exit status unknown").with_result(result))
+                }
             }
         })
     }

@@ -49,6 +49,9 @@ pub struct StartRequest {
     pub stdin: bool,
     /// Use this id instead of a new UUID.
     pub id: Option<String>,
+    /// The argv to record instead of `command` (already redacted by the caller, e.g. exec's secret
+    /// args); `None` records `command` with secret-looking values redacted.
+    pub record_command: Option<Vec<String>>,
 }
 
 /// Errors of the process table.
@@ -187,7 +190,10 @@ impl ProcessManager {
             pgid: None,
             start_ticks: None,
             boot_id: None,
-            command: redact_argv(&request.command),
+            command: request
+                .record_command
+                .clone()
+                .unwrap_or_else(|| redact_argv(&request.command)),
             dir: request.dir.as_ref().map(|d| d.display().to_string()),
             state: ProcessState::Pending,
             exit_code: None,

@@ -57,6 +57,7 @@ impl StepLauncher for ManagedLauncher {
                 grace: Some(context.grace),
                 stdin: false,
                 id: None,
+                record_command: None,
             };
             let started = std::time::Instant::now();
             let record = match self.processes.start(request) {

@@ -348,6 +348,8 @@ impl TaskEngineBuilder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopReason {
     Removed,
+    /// Cancelled on request; the record stays, as `cancelled`.
+    Cancelled,
     Shutdown,
     /// Another node took the task over after our lease lapsed.
     LostClaim,
@@ -638,6 +640,19 @@ impl TaskEngine {
         match stop {
             // The row is gone; `remove` publishes the event.
             Some(StopReason::Removed) | Some(StopReason::LostClaim) => {}
+            Some(StopReason::Cancelled) => {
+                let end = TaskEnd {
+                    status: TaskStatus::Cancelled,
+                    result: outcome.ok().and_then(|r| r.err()).and_then(|failure| failure.result),
+                    error: Some("cancelled on request".into()),
+                    completed_at: now_ms(),
+                };
+                if let Ok(true) = store.finish_task(&record.id, node, &end) {
+                    if let Ok(Some(done)) = store.get_task(&record.id) {
+                        self.inner.bus.publish("task.cancelled", task_json(&done));
+                    }
+                }
+            }
             Some(StopReason::Shutdown) => {
                 if let Err(err) = store.requeue_task(&record.id, node, now_ms()) {
                     tracing::error!(task = %record.id, error = %err, "cannot requeue task at shutdown");
@@ -770,6 +785,47 @@ impl TaskEngine {
         }
         if deleted {
             self.inner.bus.publish("task.removed", json!({"id": id}));
+        }
+        Ok(deleted)
+    }
+
+    /// Cancels a task but keeps its record (as `cancelled`): a queued one never runs, a running one is
+    /// stopped (its process tree too) before this returns. `false` when it was already finished or is
+    /// unknown.
+    pub async fn cancel(&self, id: &str) -> Result<bool, EngineError> {
+        let running = self
+            .running()
+            .get(id)
+            .map(|r| (r.cancel.clone(), r.reason.clone(), r.done.clone()));
+        if let Some((cancel, reason, mut done)) = running {
+            *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(StopReason::Cancelled);
+            cancel.cancel();
+            let _ = done.wait_for(|d| *d).await;
+            return Ok(true);
+        }
+        let cancelled = self.inner.store.cancel_task(id, now_ms())?;
+        if cancelled {
+            if let Some(record) = self.inner.store.get_task(id)? {
+                self.inner.bus.publish("task.cancelled", task_json(&record));
+            }
+        }
+        Ok(cancelled)
+    }
+
+    /// Deletes finished tasks of `task_type` that ended before `max_age` ago (e.g. exec jobs past
+    /// their TTL). Returns how many.
+    pub fn expire_finished(&self, task_type: &str, max_age: Duration) -> Result<u64, EngineError> {
+        let cutoff = now_ms() - max_age.as_millis() as i64;
+        let filter = TaskFilter {
+            statuses: TaskStatus::TERMINAL.to_vec(),
+            task_type: Some(task_type.to_owned()),
+            limit: Some(10_000),
+        };
+        let mut deleted = 0;
+        for record in self.inner.store.list_tasks(&filter)? {
+            if record.completed_at.is_some_and(|at| at < cutoff) && self.inner.store.delete_task(&record.id)? {
+                deleted += 1;
+            }
         }
         Ok(deleted)
     }

@@ -57,6 +57,29 @@ pub(crate) enum Command {
     /// Pipelines of commands with dependencies.
     #[command(subcommand)]
     Pipeline(PipelineCommand),
+    /// List the allowlisted tool commands (and tool files that failed to load).
+    Tools,
+    /// Run an allowlisted tool command as a durable job: `corral exec docker restart container=web`.
+    Exec {
+        /// Tool name.
+        tool: String,
+        /// Command name.
+        command: String,
+        /// Args as NAME=VALUE (each value reaches the program as exactly one argument).
+        #[arg(value_name = "NAME=VALUE", value_parser = parse_key_value)]
+        args: Vec<(String, String)>,
+        /// Wait for the job, print its output and exit with its exit code.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show an exec job (`--wait` waits for it to finish and exits with its exit code).
+    Job {
+        /// Job id.
+        id: String,
+        /// Wait until it has finished.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Durable tasks: submitted once, run once, resumed after a crash.
     #[command(subcommand)]
     Task(TaskCommand),

@@ -7,6 +7,7 @@
 //! process this daemon runs (recorded `interrupted`), flush and close the store, release the lock.
 
 pub(crate) mod auth;
+pub(crate) mod exec;
 pub(crate) mod listen;
 pub(crate) mod lock;
 pub(crate) mod metrics;
@@ -24,10 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use corral_core::builtin::{PipelineTask, ProcessTask};
+use corral_core::builtin::{ExecTask, PipelineTask, ProcessTask};
 use corral_core::events::EventBus;
 use corral_core::processes::ProcessManager;
 use corral_core::tasks::TaskEngine;
+use corral_core::tools::ToolRegistry;
 use corral_store::{SqliteStore, Store};
 
 use crate::config::Config;
@@ -125,8 +127,31 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         stale = reconcile.stale,
         "process records reconciled"
     );
+    let tools = Arc::new(
+        tokio::task::spawn_blocking({
+            let dir = config.tools_dir.clone();
+            move || ToolRegistry::load(dir)
+        })
+        .await
+        .context("loading tools")?,
+    );
+    let tools_watch = match tools.watch() {
+        Ok(handle) => Some(handle),
+        Err(err) => {
+            tracing::warn!(error = %err, dir = %config.tools_dir.display(), "cannot watch the tools dir; reloads need a restart");
+            None
+        }
+    };
+    {
+        let index = tools.current();
+        tracing::info!(tools = index.len(), errors = index.errors().len(), dir = %config.tools_dir.display(), "tools loaded");
+        for error in index.errors() {
+            tracing::warn!("tool file skipped: {error}");
+        }
+    }
     let tasks = TaskEngine::builder()
         .handler("process", ProcessTask::new(processes.clone()))
+        .handler("exec", ExecTask::new(processes.clone(), tools.clone()))
         .handler("pipeline", PipelineTask::new(processes.clone()))
         .build(store.clone(), bus.clone(), Some(processes.clone()))
         .context("starting the task engine")?;
@@ -142,7 +167,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     {
         // Retention of finished tasks: once now, then hourly.
         let tasks = tasks.clone();
-        let (max_age, keep) = (config.task_retention, config.task_keep);
+        let (max_age, keep, job_ttl) = (config.task_retention, config.task_keep, config.job_ttl);
         tokio::spawn(async move {
             loop {
                 match tasks.apply_retention(max_age, keep) {
@@ -150,7 +175,13 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
                     Ok(n) => tracing::info!(deleted = n, "finished tasks past retention deleted"),
                     Err(err) => tracing::warn!(error = %err, "task retention failed"),
                 }
-                tokio::time::sleep(Duration::from_secs(3600)).await;
+                // Finished exec jobs live at least job_ttl, then go.
+                match tasks.expire_finished("exec", job_ttl) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "finished exec jobs past job_ttl deleted"),
+                    Err(err) => tracing::warn!(error = %err, "exec job expiry failed"),
+                }
+                tokio::time::sleep((job_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600))).await;
             }
         });
     }
@@ -161,6 +192,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             pipelines: pipelines::Pipelines::new(processes.clone(), bus.clone()),
             processes: processes.clone(),
             tasks: tasks.clone(),
+            tools: tools.clone(),
             bus,
             metrics,
             tokens,
@@ -252,6 +284,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(path) = registered {
         let _ = std::fs::remove_file(path);
     }
+    drop(tools_watch);
     drop(state);
     drop(processes);
     drop(store);

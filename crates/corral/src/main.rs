@@ -65,5 +65,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemons => client::commands::daemons(cli.json),
         Command::Pipeline(command) => client::commands::pipeline(&client()?, command, cli.json).await,
         Command::Task(command) => client::tasks::task(&client()?, command, cli.json).await,
+        Command::Tools => client::exec::tools(&client()?, cli.json).await,
+        Command::Exec {
+            tool,
+            command,
+            args,
+            wait,
+        } => client::exec::exec(&client()?, &tool, &command, args, wait, cli.json).await,
+        Command::Job { id, wait } => client::exec::job(&client()?, &id, wait, cli.json).await,
     }
 }

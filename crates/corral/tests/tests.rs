@@ -4,6 +4,7 @@ mod util;
 
 mod api;
 mod auth;
+mod exec;
 mod interrupt;
 mod lifecycle;
 mod pipelines;

@@ -51,6 +51,7 @@ pub(crate) struct AppState {
 pub(crate) struct AppInner {
     pub(crate) processes: ProcessManager,
     pub(crate) tasks: corral_core::tasks::TaskEngine,
+    pub(crate) tools: std::sync::Arc<corral_core::tools::ToolRegistry>,
     pub(crate) pipelines: Pipelines,
     pub(crate) bus: EventBus,
     pub(crate) metrics: Arc<Metrics>,
@@ -96,6 +97,12 @@ impl AppError {
 
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         AppError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// Names the offending argument (already in the message; kept for logs).
+    pub(crate) fn with_arg(self, arg: &str) -> Self {
+        tracing::debug!(arg, code = self.code, "request refused");
+        self
     }
 }
 
@@ -211,6 +218,7 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/interrupt", post(interrupt))
         .merge(crate::daemon::pipelines::router())
         .merge(crate::daemon::tasks::router())
+        .merge(crate::daemon::exec::router())
         .fallback(|| async { AppError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             AppError::new(
@@ -275,6 +283,10 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         )
         .into_response();
     }
+    // Handlers that need finer checks (exec's acl_cap) see who is calling.
+    let token = token.clone();
+    let mut request = request;
+    request.extensions_mut().insert(token);
     next.run(request).await
 }
 
@@ -402,6 +414,7 @@ async fn start_process(
         grace: duration_field("grace", body.grace.as_deref())?,
         stdin: body.stdin,
         id: None,
+        record_command: None,
     };
     for (key, value) in &request.labels {
         validate_label(key, value)?;
@@ -410,7 +423,7 @@ async fn start_process(
     Ok((StatusCode::CREATED, Json(ProcessJson::from(&record))).into_response())
 }
 
-fn validate_label(key: &str, value: &str) -> Result<(), AppError> {
+pub(crate) fn validate_label(key: &str, value: &str) -> Result<(), AppError> {
     let ok_key =
         !key.is_empty() && key.len() <= 128 && key.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
     if !ok_key {

@@ -1,0 +1,127 @@
+//! `corral tools`, `corral exec`, `corral job`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use hyper::Method;
+use serde_json::Value;
+
+use crate::client::transport::Client;
+
+fn enc(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// `corral tools`: a table of tools and commands, then any file errors.
+pub(crate) async fn tools(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let answer: Value = client.call(Method::GET, "/tools", None::<&()>).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let empty = Vec::new();
+    let tools = answer.get("tools").and_then(Value::as_array).unwrap_or(&empty);
+    if tools.is_empty() {
+        println!("no tools declared");
+    } else {
+        println!("{:<16}  {:<16}  {:<8}  ARGS", "TOOL", "COMMAND", "TIMEOUT");
+    }
+    for tool in tools {
+        let name = tool.get("name").and_then(Value::as_str).unwrap_or("?");
+        for command in tool.get("commands").and_then(Value::as_array).unwrap_or(&empty) {
+            let args: Vec<String> = command
+                .get("args")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty)
+                .iter()
+                .map(|a| {
+                    let arg = a.get("name").and_then(Value::as_str).unwrap_or("?");
+                    if a.get("required").and_then(Value::as_bool) == Some(true) {
+                        arg.to_owned()
+                    } else {
+                        format!("[{arg}]")
+                    }
+                })
+                .collect();
+            println!(
+                "{:<16}  {:<16}  {:<8}  {}",
+                name,
+                command.get("name").and_then(Value::as_str).unwrap_or("?"),
+                command.get("timeout").and_then(Value::as_str).unwrap_or("-"),
+                args.join(" ")
+            );
+        }
+    }
+    for error in answer.get("errors").and_then(Value::as_array).unwrap_or(&empty) {
+        eprintln!("error: {}", error.get("message").and_then(Value::as_str).unwrap_or("?"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `corral exec TOOL CMD k=v...`.
+pub(crate) async fn exec(
+    client: &Client,
+    tool: &str,
+    command: &str,
+    args: Vec<(String, String)>,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let args: BTreeMap<String, String> = args.into_iter().collect();
+    let path = format!("/exec/{}/{}", enc(tool), enc(command));
+    let accepted: Value = client.call(Method::POST, &path, Some(&args)).await?;
+    let id = accepted
+        .get("job_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if !wait {
+        if json {
+            println!("{accepted}");
+        } else {
+            println!("{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    job(client, &id, true, json).await
+}
+
+/// `corral job ID [--wait]`.
+pub(crate) async fn job(client: &Client, id: &str, wait: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let job = loop {
+        let path = if wait {
+            format!("/exec/jobs/{}?wait=30s", enc(id))
+        } else {
+            format!("/exec/jobs/{}", enc(id))
+        };
+        let job: Value = client.call(Method::GET, &path, None::<&()>).await?;
+        let status = job.get("status").and_then(Value::as_str).unwrap_or("");
+        if !wait || matches!(status, "completed" | "failed" | "cancelled") {
+            break job;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+    } else if wait {
+        print!("{}", job.get("stdout").and_then(Value::as_str).unwrap_or(""));
+        eprint!("{}", job.get("stderr").and_then(Value::as_str).unwrap_or(""));
+        if let Some(error) = job.get("error").and_then(Value::as_str) {
+            eprintln!("corral: job {id}: {error}");
+        }
+    } else {
+        println!(
+            "{} {} {}",
+            id,
+            job.get("status").and_then(Value::as_str).unwrap_or("?"),
+            job.get("error").and_then(Value::as_str).unwrap_or("")
+        );
+    }
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(match job.get("exit_code").and_then(Value::as_i64) {
+        Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        None if job.get("status").and_then(Value::as_str) == Some("completed") => ExitCode::SUCCESS,
+        None => ExitCode::FAILURE,
+    })
+}

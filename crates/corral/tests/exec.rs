@@ -1,0 +1,254 @@
+//! The allowlisted exec API: hostile args arrive as one argv element each, bad args are 400 before
+//! anything runs, jobs are durable, acl_cap is enforced, tool files reload.
+
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::{json, Value};
+
+use crate::util::{free_port, request_tcp, request_unix, wait_until, Daemon};
+
+const ECHO_TOOL: &str = r#"
+name = "echo"
+description = "argv echo"
+[[command]]
+name = "argv"
+exec = ["/usr/bin/printf", "[%s]\n", "{{value}}", "--flag={{value}}"]
+timeout = "10s"
+[[command.arg]]
+name = "value"
+required = true
+max_len = 100000
+[[command]]
+name = "strict"
+exec = ["/bin/echo", "{{name}}"]
+timeout = "10s"
+acl_cap = "ops"
+[[command.arg]]
+name = "name"
+required = true
+pattern = "[a-z]+"
+[[command]]
+name = "slow"
+exec = ["/bin/sh", "-c", "sleep 300 & sleep 300 & wait"]
+timeout = "300ms"
+"#;
+
+async fn daemon_with_tools(extra_config: &str, env: &[(&str, &str)]) -> Daemon {
+    // The config's folder is the daemon's temp dir, so `tools.d` sits next to `corral.toml`.
+    let daemon = Daemon::start_with_config(Some(&format!("tools_dir = \"tools.d\"\n{extra_config}")), env).await;
+    let tools = daemon.dir.0.join("tools.d");
+    std::fs::create_dir_all(&tools).expect("UNWRAP: mkdir");
+    std::fs::write(tools.join("echo.toml"), ECHO_TOOL).expect("UNWRAP: write tool");
+    wait_until("tool loaded", || async {
+        daemon.get("/tools").await.1["tools"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty())
+    })
+    .await;
+    daemon
+}
+
+async fn run_job(daemon: &Daemon, path: &str, args: Value) -> Value {
+    let (status, accepted) = daemon.post(path, args).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "accepted");
+    let id = accepted["job_id"].as_str().expect("UNWRAP: id").to_owned();
+    let (_, job) = daemon.get(&format!("/exec/jobs/{id}?wait=60s")).await;
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_arrive_as_exactly_one_argv_element() {
+    let daemon = daemon_with_tools("", &[]).await;
+    let marker = daemon.dir.0.join("X");
+    let corpus = [
+        format!("; touch {}", marker.display()),
+        format!("$(touch {})", marker.display()),
+        format!("`touch {}`", marker.display()),
+        format!("&& touch {}", marker.display()),
+        "line one\nline two".to_owned(),
+        "'single' \"double\"".to_owned(),
+        "with spaces   inside".to_owned(),
+        "*".to_owned(),
+        "-rf".to_owned(),
+        "{{value}}".to_owned(),
+        "ünïcødé ✓".to_owned(),
+        "x".repeat(50_000),
+    ];
+    for value in &corpus {
+        let job = run_job(&daemon, "/exec/echo/argv", json!({"value": value})).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        assert_eq!(
+            job["stdout"],
+            format!("[{value}]\n[--flag={value}]\n"),
+            "value {value:?}"
+        );
+    }
+    assert!(!marker.exists(), "no shell ever ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_args_are_400_and_nothing_runs() {
+    let daemon = daemon_with_tools("", &[]).await;
+    let cases = [
+        ("/exec/echo/strict", json!({"name": "UPPER"}), "name"),
+        ("/exec/echo/strict", json!({"name": "ok", "extra": "x"}), "extra"),
+        ("/exec/echo/strict", json!({}), "name"),
+        ("/exec/echo/strict", json!({"name": "a\u{0}b"}), "name"),
+        ("/exec/echo/argv", json!({"value": "x".repeat(200_000)}), "value"),
+    ];
+    for (path, body, arg) in cases {
+        let (status, err) = daemon.post(path, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert!(err["error"].as_str().unwrap_or("").contains(arg), "{body}: {err}");
+    }
+    assert_eq!(daemon.post("/exec/nope/argv", json!({})).await.0, 404);
+    assert_eq!(daemon.post("/exec/echo/nope", json!({})).await.0, 404);
+    let (_, jobs) = daemon.get("/tasks?type=exec").await;
+    assert_eq!(jobs.as_array().map(Vec::len), Some(0), "no job was created");
+    let (_, processes) = daemon.get("/processes?source=exec").await;
+    assert_eq!(processes.as_array().map(Vec::len), Some(0), "no process was started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_stops_the_tree_and_jobs_survive_a_restart() {
+    let mut daemon = daemon_with_tools("", &[]).await;
+    let job = run_job(&daemon, "/exec/echo/slow", json!({})).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap_or("").contains("timed out"), "{job}");
+    let (_, procs) = daemon.get("/processes?source=exec").await;
+    let pgid = procs[0]["pgid"].as_u64().unwrap_or(0) as u32;
+    assert!(crate::util::group_members(pgid).is_empty(), "grandchildren gone");
+
+    let done = run_job(&daemon, "/exec/echo/argv", json!({"value": "keep me"})).await;
+    let id = done["job_id"].as_str().expect("UNWRAP: id").to_owned();
+    daemon.terminate();
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (status, after) = daemon.get(&format!("/exec/jobs/{id}")).await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after["stdout"], "[keep me]\n[--flag=keep me]\n");
+
+    // The CLI.
+    let output = daemon.cli(&["exec", "echo", "argv", "value=via cli", "--wait"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "[via cli]\n[--flag=via cli]\n");
+    let output = daemon.cli(&["tools"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("strict"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tool_file_is_reported_and_the_good_ones_stay() {
+    let daemon = daemon_with_tools("", &[]).await;
+    let tools = daemon.dir.0.join("tools.d");
+    std::fs::write(
+        tools.join("broken.toml"),
+        "name = \"broken\"\n[[command]]\nname = \"x\"\nexec = [\"/bin/true\", \"{{nope}}\"]\ntimeout = \"1s\"\n",
+    )
+    .expect("UNWRAP: write");
+    wait_until("error reported", || async {
+        daemon.get("/tools").await.1["errors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    let (_, listing) = daemon.get("/tools").await;
+    assert!(
+        listing["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("broken.toml"),
+        "{listing}"
+    );
+    assert_eq!(listing["tools"].as_array().map(Vec::len), Some(1), "echo still served");
+    // Fix it: reloaded.
+    std::fs::write(
+        tools.join("broken.toml"),
+        "name = \"broken\"\n[[command]]\nname = \"x\"\nexec = [\"/bin/true\"]\ntimeout = \"1s\"\n",
+    )
+    .expect("UNWRAP: write");
+    wait_until("fixed tool served", || async {
+        daemon.get("/tools").await.1["tools"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2)
+    })
+    .await;
+    let job = run_job(&daemon, "/exec/broken/x", json!({})).await;
+    assert_eq!(job["status"], "completed", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_scopes_and_acl_cap_over_tcp() {
+    let port = free_port();
+    let config = format!(
+        r#"listen = "127.0.0.1:{port}"
+[[token]]
+name = "echoer"
+secret_env = "CORRAL_TEST_ECHOER"
+allow = ["read", "exec:echo/argv"]
+[[token]]
+name = "strict-no-cap"
+secret_env = "CORRAL_TEST_NOCAP"
+allow = ["exec:echo/*"]
+[[token]]
+name = "ops"
+secret_env = "CORRAL_TEST_OPS"
+allow = ["exec:echo/*", "cap:ops"]
+"#
+    );
+    let (echoer, nocap, ops) = (
+        "echoer-secret-0123456789",
+        "nocap-secret-0123456789",
+        "ops-secret-0123456789",
+    );
+    let daemon = daemon_with_tools(
+        &config,
+        &[
+            ("CORRAL_TEST_ECHOER", echoer),
+            ("CORRAL_TEST_NOCAP", nocap),
+            ("CORRAL_TEST_OPS", ops),
+        ],
+    )
+    .await;
+    let addr = format!("127.0.0.1:{port}");
+    let post = |path: &'static str, token: Option<&'static str>, body: Value| {
+        let addr = addr.clone();
+        async move {
+            request_tcp(&addr, Method::POST, path, Some(body.to_string()), token)
+                .await
+                .expect("UNWRAP: tcp")
+                .0
+        }
+    };
+    assert_eq!(post("/exec/echo/argv", None, json!({"value": "x"})).await, 401);
+    assert_eq!(post("/exec/echo/argv", Some(echoer), json!({"value": "x"})).await, 202);
+    assert_eq!(
+        post("/exec/echo/strict", Some(echoer), json!({"name": "x"})).await,
+        403,
+        "outside exec scope"
+    );
+    assert_eq!(
+        post("/exec/echo/strict", Some(nocap), json!({"name": "x"})).await,
+        403,
+        "acl_cap enforced"
+    );
+    assert_eq!(post("/exec/echo/strict", Some(ops), json!({"name": "x"})).await, 202);
+    // The socket is trusted by peer credentials.
+    let (status, _) = request_unix(
+        &daemon.socket,
+        Method::POST,
+        "/exec/echo/strict",
+        Some(json!({"name": "x"}).to_string()),
+        None,
+    )
+    .await
+    .expect("UNWRAP: unix");
+    assert_eq!(status, 202);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
