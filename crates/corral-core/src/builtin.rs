@@ -78,24 +78,7 @@ impl TaskHandler for ProcessTask {
                 id: None,
                 record_command: None,
             };
-            let record = match processes.start(request) {
-                Ok(record) => record,
-                Err(ProcessesError::Spawn { error, record }) => {
-                    return Err(TaskError::new(error).with_result(json!({"process_id": record.id})))
-                }
-                Err(err) => return Err(TaskError::new(err.to_string())),
-            };
-            let Some(process) = processes.process(&record.id) else {
-                return Err(TaskError::new("process vanished right after start"));
-            };
-            tokio::select! {
-                _ = process.wait() => {}
-                _ = context.cancel_token().cancelled() => {
-                    let _ = processes.stop(&record.id, Some(grace)).await;
-                }
-            }
-            process.wait().await;
-            processes.wait_recorded(&record.id).await;
+            let (record, process, _) = run_to_end(&processes, request, &context, grace).await?;
             let end = processes.get(&record.id).map_err(|e| TaskError::new(e.to_string()))?;
             let result = json!({
                 "process_id": record.id,
@@ -113,6 +96,35 @@ impl TaskHandler for ProcessTask {
             }
         })
     }
+}
+
+/// Starts a managed process for a task and waits until it is gone and recorded; the task's cancellation
+/// stops its tree gracefully. A start failure is the task's failure.
+async fn run_to_end(
+    processes: &ProcessManager,
+    request: StartRequest,
+    context: &TaskContext,
+    grace: Duration,
+) -> Result<(corral_store::ProcessRecord, corral_proc::Process, corral_proc::Finished), TaskError> {
+    let record = match processes.start(request) {
+        Ok(record) => record,
+        Err(ProcessesError::Spawn { error, record }) => {
+            return Err(TaskError::new(error).with_result(json!({"process_id": record.id})))
+        }
+        Err(err) => return Err(TaskError::new(err.to_string())),
+    };
+    let Some(process) = processes.process(&record.id) else {
+        return Err(TaskError::new("process vanished right after start"));
+    };
+    tokio::select! {
+        _ = process.wait() => {}
+        _ = context.cancel_token().cancelled() => {
+            let _ = processes.stop(&record.id, Some(grace)).await;
+        }
+    }
+    let finished = process.wait().await;
+    processes.wait_recorded(&record.id).await;
+    Ok((record, process, finished))
 }
 
 /// `pipeline`: params are a pipeline spec (the JSON form of a pipeline file); completed when no required
@@ -268,24 +280,7 @@ impl TaskHandler for ExecTask {
                 record_command: Some(invocation.redacted_argv.clone()),
             };
             let started = std::time::Instant::now();
-            let record = match processes.start(request) {
-                Ok(record) => record,
-                Err(ProcessesError::Spawn { error, record }) => {
-                    return Err(TaskError::new(error).with_result(json!({"process_id": record.id})))
-                }
-                Err(err) => return Err(TaskError::new(err.to_string())),
-            };
-            let Some(process) = processes.process(&record.id) else {
-                return Err(TaskError::new("process vanished right after start"));
-            };
-            tokio::select! {
-                _ = process.wait() => {}
-                _ = context.cancel_token().cancelled() => {
-                    let _ = processes.stop(&record.id, Some(DEFAULT_GRACE)).await;
-                }
-            }
-            let finished = process.wait().await;
-            processes.wait_recorded(&record.id).await;
+            let (record, process, finished) = run_to_end(&processes, request, &context, DEFAULT_GRACE).await?;
             let capture = |stream: corral_proc::Stream| {
                 process
                     .output(stream)

@@ -647,6 +647,23 @@ struct CpuTicks {
     /// The whole machine, all CPUs: busy and total.
     machine_busy: u64,
     machine_total: u64,
+    /// The daemon's `wchar` and `syscw` from `/proc/<pid>/io`: bytes passed to write-like calls (`pwrite` of
+    /// WAL frames, sockets, logs) and the number of those calls.
+    daemon_wchar: u64,
+    daemon_syscw: u64,
+}
+
+/// `wchar` and `syscw` of a process.
+fn process_io(pid: u32) -> Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/io");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("wchar"), field("syscw")))
 }
 
 /// utime + stime and cutime + cstime of a process.
@@ -680,12 +697,15 @@ impl CpuTicks {
             .collect();
         let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
         let total: u64 = cpu.iter().sum();
+        let (daemon_wchar, daemon_syscw) = process_io(daemon_pid)?;
         Ok(CpuTicks {
             daemon,
             children,
             bench,
             machine_busy: total - idle,
             machine_total: total,
+            daemon_wchar,
+            daemon_syscw,
         })
     }
 }
@@ -701,6 +721,10 @@ struct CpuUse {
     bench_us: f64,
     /// Share of all CPUs of the machine that were busy, in percent.
     machine_busy_pct: f64,
+    /// KiB the daemon passed to write-like system calls per successful request.
+    write_kib: f64,
+    /// Write-like system calls of the daemon per successful request.
+    write_calls: f64,
 }
 
 impl CpuUse {
@@ -712,6 +736,8 @@ impl CpuUse {
             children_us: per_request(after.children.saturating_sub(before.children)),
             bench_us: per_request(after.bench.saturating_sub(before.bench)),
             machine_busy_pct: after.machine_busy.saturating_sub(before.machine_busy) as f64 * 100.0 / total as f64,
+            write_kib: after.daemon_wchar.saturating_sub(before.daemon_wchar) as f64 / 1024.0 / requests.max(1) as f64,
+            write_calls: after.daemon_syscw.saturating_sub(before.daemon_syscw) as f64 / requests.max(1) as f64,
         }
     }
 }
@@ -847,8 +873,84 @@ impl Bench {
 // The crash check
 // ---------------------------------------------------------------------------------------------------
 
+/// The state dir's lock right after the killed daemon was reaped.
+struct LockAfterKill {
+    /// How long after the reaping the lock could be taken (zero if at once).
+    held_for: Duration,
+    /// Processes that had the lock file open while it was still held: "pid (comm) state".
+    holders: Vec<String>,
+}
+
+/// Processes other than this one that have `path` open, as "pid (comm) state".
+fn holders(path: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let own = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == own || !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let summary: Vec<&str> = stat.split_whitespace().skip(1).take(2).collect();
+            found.push(format!("{name} {}", summary.join(" ")));
+        }
+    }
+    found
+}
+
+/// Waits until the lock of the killed daemon's state dir can be taken (the kernel drops a `flock` when its
+/// last holder is gone), then releases it again. Records who still held it meanwhile.
+fn lock_after_kill(path: &Path) -> Result<LockAfterKill> {
+    use rustix::fs::{flock, FlockOperation};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let start = Instant::now();
+    let mut holders_seen: Vec<String> = Vec::new();
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                flock(&file, FlockOperation::Unlock).context("cannot unlock")?;
+                return Ok(LockAfterKill {
+                    held_for: start.elapsed(),
+                    holders: holders_seen,
+                });
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                for holder in holders(path) {
+                    if !holders_seen.contains(&holder) {
+                        holders_seen.push(holder);
+                    }
+                }
+                if start.elapsed() > STOP_TIMEOUT {
+                    bail!(
+                        "{} still locked {STOP_TIMEOUT:?} after the daemon was killed; holders: {holders_seen:?}",
+                        path.display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(err) => return Err(std::io::Error::from(err)).context("flock"),
+        }
+    }
+}
+
 /// What the crash check found.
 struct Crash {
+    /// The state dir's lock after the kill.
+    lock: LockAfterKill,
     /// 201 answers before the kill, during the crash load.
     acknowledged: u64,
     /// Clients whose connection broke (each had at most one submit in flight, answered or not).
@@ -899,6 +1001,7 @@ fn crash_check(bench: &mut Bench, dir: &Path) -> Result<Crash> {
         "  killed the daemon after {} acknowledged submits; restarting ...",
         tally.ok
     );
+    let lock = lock_after_kill(&dir.join("state").join("corral.lock"))?;
     let restarted = Arc::new(Daemon::start(dir, "daemon-after-crash.log")?);
     bench.daemon = restarted.clone();
     let ready_after = bench.rt.block_on(restarted.wait_ready())?;
@@ -921,6 +1024,7 @@ fn crash_check(bench: &mut Bench, dir: &Path) -> Result<Crash> {
     let after_recovery = bench.metrics()?;
     bench.acknowledged += tally.ok;
     Ok(Crash {
+        lock,
         acknowledged: tally.ok,
         cut_off: tally.cut_off,
         acknowledged_before,
@@ -1307,9 +1411,10 @@ fn report(run: &Run, results: &Results) -> Result<String, std::fmt::Error> {
     writeln!(
         out,
         "| variant | daemon CPU (µs) | its reaped children (µs) | bench client (µs) | machine busy (all {cpus} CPUs) \
-         | store calls | time in store calls (ms) | drain after load (ms) | daemon CPU per round |"
+         | store calls | time in store calls (ms) | daemon writes (KiB) | daemon write calls | drain after load (ms) \
+         | daemon CPU per round |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")?;
     for (v, &(route, clients)) in variants.iter().enumerate() {
         let drain = if route == Route::Submit {
             format!("{:.0}", median(&results.values(v, |s| s.drain_ms)))
@@ -1319,7 +1424,7 @@ fn report(run: &Run, results: &Results) -> Result<String, std::fmt::Error> {
         let daemon_us = results.values(v, |s| s.cpu.daemon_us);
         writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} % | {:.1} | {:.3} | {drain} | {} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} % | {:.1} | {:.3} | {:.1} | {:.1} | {drain} | {} |",
             variant_name(route, clients),
             median(&daemon_us),
             median(&results.values(v, |s| s.cpu.children_us)),
@@ -1327,6 +1432,8 @@ fn report(run: &Run, results: &Results) -> Result<String, std::fmt::Error> {
             median(&results.values(v, |s| s.cpu.machine_busy_pct)),
             median(&results.values(v, |s| s.store_ops)),
             median(&results.values(v, |s| s.store_ms)),
+            median(&results.values(v, |s| s.cpu.write_kib)),
+            median(&results.values(v, |s| s.cpu.write_calls)),
             list(&daemon_us, 0),
         )?;
     }
@@ -1379,6 +1486,23 @@ fn report(run: &Run, results: &Results) -> Result<String, std::fmt::Error> {
         CRASH_AFTER.as_millis(),
         crash.acknowledged,
         crash.cut_off
+    )?;
+    writeln!(
+        out,
+        "  - state dir lock after the killed daemon was reaped: {}",
+        if crash.lock.held_for < Duration::from_millis(1) {
+            "free at once".to_owned()
+        } else {
+            format!(
+                "**still held for {:.1} ms**; processes with the lock file open meanwhile: {}",
+                crash.lock.held_for.as_secs_f64() * 1e3,
+                if crash.lock.holders.is_empty() {
+                    "none found".to_owned()
+                } else {
+                    crash.lock.holders.join("; ")
+                }
+            )
+        }
     )?;
     writeln!(
         out,

@@ -17,7 +17,7 @@ use corral_core::builtin::ExecParams;
 use serde_json::{json, Value};
 
 use crate::daemon::auth::{Scope, Token};
-use crate::daemon::server::{duration_field, AppError, AppState, OptionalJson};
+use crate::daemon::server::{wait_param, AppError, AppState, OptionalJson};
 
 /// Longest `?wait=` honoured in one request.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -180,20 +180,9 @@ async fn job(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, AppError> {
-    let mut wait = None;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match &*key {
-            "wait" => wait = duration_field("wait", Some(&value))?,
-            other => {
-                return Err(AppError::bad_request(
-                    "invalid_query",
-                    format!("unknown query parameter {other:?}"),
-                ))
-            }
-        }
-    }
+    let wait = wait_param(query.as_deref(), MAX_WAIT)?;
     let record = match wait {
-        Some(wait) => state.inner.tasks.wait(&id, wait.min(MAX_WAIT)).await?,
+        Some(wait) => state.inner.tasks.wait(&id, wait).await?,
         None => state.inner.tasks.get(&id)?,
     };
     match record {

@@ -201,6 +201,23 @@ pub(crate) fn duration_field(name: &str, value: Option<&str>) -> Result<Option<D
         .transpose()
 }
 
+/// Parses a query that may only hold `wait=<duration>` (long-poll), capped at `max`.
+pub(crate) fn wait_param(query: Option<&str>, max: Duration) -> Result<Option<Duration>, AppError> {
+    let mut wait = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "wait" => wait = duration_field("wait", Some(&value))?.map(|w| w.min(max)),
+            other => {
+                return Err(AppError::bad_request(
+                    "invalid_query",
+                    format!("unknown query parameter {other:?}"),
+                ))
+            }
+        }
+    }
+    Ok(wait)
+}
+
 /// The router (no auth: the Unix socket is trusted by peer credentials).
 pub(crate) fn app(state: AppState) -> Router {
     Router::new()

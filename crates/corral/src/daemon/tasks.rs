@@ -12,7 +12,7 @@ use corral_store::{TaskFilter, TaskStatus};
 use serde_json::json;
 
 use crate::api::{SubmitTask, TaskJson};
-use crate::daemon::server::{duration_field, ApiJson, AppError, AppState};
+use crate::daemon::server::{wait_param, ApiJson, AppError, AppState};
 
 /// Longest `?wait=` honoured in one request.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -90,20 +90,9 @@ async fn get_one(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<TaskJson>, AppError> {
-    let mut wait = None;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match &*key {
-            "wait" => wait = duration_field("wait", Some(&value))?,
-            other => {
-                return Err(AppError::bad_request(
-                    "invalid_query",
-                    format!("unknown query parameter {other:?}"),
-                ))
-            }
-        }
-    }
+    let wait = wait_param(query.as_deref(), MAX_WAIT)?;
     let record = match wait {
-        Some(wait) => state.inner.tasks.wait(&id, wait.min(MAX_WAIT)).await?,
+        Some(wait) => state.inner.tasks.wait(&id, wait).await?,
         None => state.inner.tasks.get(&id)?,
     };
     record
