@@ -29,6 +29,10 @@ name = "name"
 required = true
 pattern = "[a-z]+"
 [[command]]
+name = "lines"
+exec = ["/bin/sh", "-c", "sleep 0.3; echo one; sleep 0.3; echo two"]
+timeout = "30s"
+[[command]]
 name = "slow"
 exec = ["/bin/sh", "-c", "sleep 300 & sleep 300 & wait"]
 timeout = "300ms"
@@ -251,4 +255,40 @@ allow = ["exec:echo/*", "cap:ops"]
     .expect("UNWRAP: unix");
     assert_eq!(status, 202);
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_streams_its_output_and_status_as_sse() {
+    let daemon = daemon_with_tools("", &[]).await;
+    let (status, accepted) = daemon.post("/exec/echo/lines", json!({})).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["job_id"].as_str().expect("UNWRAP: id").to_owned();
+    let stream = tokio::net::UnixStream::connect(&daemon.socket)
+        .await
+        .expect("UNWRAP: connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("UNWRAP: http");
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("/exec/jobs/{id}/stream"))
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("UNWRAP: request");
+    let response = sender.send_request(request).await.expect("UNWRAP: response");
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(
+        Duration::from_secs(60),
+        http_body_util::BodyExt::collect(response.into_body()),
+    )
+    .await
+    .expect("UNWRAP: the stream ends when the job does")
+    .expect("UNWRAP: body")
+    .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let one = text.find("\"line\":\"one\"").expect("UNWRAP: line one streamed");
+    let two = text.find("\"line\":\"two\"").expect("UNWRAP: line two streamed");
+    assert!(one < two, "{text}");
+    let last_status = text.rfind("event: status").expect("UNWRAP: status events");
+    assert!(text[last_status..].contains("\"status\":\"completed\""), "{text}");
+    assert_eq!(daemon.get("/exec/jobs/nope/stream").await.0, 404);
 }

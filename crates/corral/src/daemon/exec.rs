@@ -28,6 +28,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/tools", get(tools))
         .route("/exec/{tool}/{cmd}", post(submit))
         .route("/exec/jobs/{id}", get(job).delete(cancel))
+        .route("/exec/jobs/{id}/stream", get(stream))
 }
 
 async fn tools(State(state): State<AppState>) -> Json<Value> {
@@ -203,4 +204,109 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result
         .get(&id)?
         .ok_or_else(|| AppError::not_found(format!("no job with id {id}")))?;
     Ok(Json(job_json(&record)))
+}
+
+/// SSE: `status` events as the job moves (accepted → running), `output` lines while its process runs,
+/// and a final `status` event with the finished job; the stream then ends.
+async fn stream(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<
+    axum::response::sse::Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>,
+    AppError,
+> {
+    match state.inner.tasks.get(&id)? {
+        Some(record) if record.task_type == "exec" => {}
+        _ => return Err(AppError::not_found(format!("no job with id {id}"))),
+    }
+    let (sender, receiver) = tokio::sync::mpsc::channel::<SseEvent>(256);
+    let shutdown = crate::daemon::server::shutting_down(&state);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = feed_job(&state, &id, &sender) => {}
+            _ = shutdown => {}
+        }
+    });
+    let events = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|event| (Ok(event), receiver))
+    });
+    Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()))
+}
+
+use axum::response::sse::Event as SseEvent;
+
+fn status_event(record: &corral_store::TaskRecord) -> SseEvent {
+    SseEvent::default().event("status").data(job_json(record).to_string())
+}
+
+/// Sends the job's events until it is finished (or the client is gone).
+async fn feed_job(state: &AppState, id: &str, sender: &tokio::sync::mpsc::Sender<SseEvent>) {
+    let mut last_status = String::new();
+    let mut streamed_process = None;
+    loop {
+        let Ok(Some(record)) = state.inner.tasks.get(id) else {
+            return;
+        };
+        let status = job_json(&record)["status"].as_str().unwrap_or("").to_owned();
+        if record.status.is_terminal() {
+            let _ = sender.send(status_event(&record)).await;
+            return;
+        }
+        if status != last_status {
+            if sender.send(status_event(&record)).await.is_err() {
+                return;
+            }
+            last_status = status;
+        }
+        // Once its process runs, stream its lines live until it exits.
+        let filter = corral_store::ProcessFilter {
+            labels: BTreeMap::from([("job".to_owned(), id.to_owned())]),
+            states: vec![corral_store::ProcessState::Running],
+            ..corral_store::ProcessFilter::default()
+        };
+        let process_id = state
+            .inner
+            .processes
+            .list(&filter)
+            .ok()
+            .and_then(|l| l.first().map(|r| r.id.clone()));
+        if let Some(process_id) = process_id.filter(|p| streamed_process.as_ref() != Some(p)) {
+            streamed_process = Some(process_id.clone());
+            if let Some((process, mut events)) = state.inner.processes.subscribe(&process_id) {
+                // What it wrote before we subscribed, then live lines. (A line written in the instant
+                // between the subscription and this snapshot can come twice; none is lost.)
+                for stream in [corral_proc::Stream::Stdout, corral_proc::Stream::Stderr] {
+                    if let Some(out) = process.output(stream) {
+                        let mut splitter = corral_proc::LineSplitter::new(corral_proc::DEFAULT_LINE_MAX);
+                        let mut lines = Vec::new();
+                        splitter.push(&bytes::Bytes::from(out.bytes), &mut lines);
+                        for line in &lines {
+                            if sender
+                                .send(crate::daemon::server::output_event(stream, line))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+                while let Some(received) = events.recv().await {
+                    if let corral_proc::Received::Event(event) = received {
+                        if let corral_proc::EventKind::Output { stream, lines } = event.kind {
+                            for line in lines.iter() {
+                                let event = crate::daemon::server::output_event(stream, line);
+                                if sender.send(event).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        // Waiting to start, or between the process's end and the job's record: re-check soon.
+        let _ = state.inner.tasks.wait(id, Duration::from_millis(200)).await;
+    }
 }

@@ -666,7 +666,7 @@ async fn follow_output(state: AppState, id: String) -> Sse<impl Stream<Item = Re
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-fn output_event(stream: corral_proc::Stream, line: &corral_proc::Line) -> SseEvent {
+pub(crate) fn output_event(stream: corral_proc::Stream, line: &corral_proc::Line) -> SseEvent {
     let end = match line.end {
         LineEnd::Newline => "newline",
         LineEnd::Split => "split",
