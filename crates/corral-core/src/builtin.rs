@@ -265,6 +265,8 @@ impl TaskHandler for ExecTask {
             };
             let mut labels = params.labels.clone();
             labels.insert("job".into(), context.id().to_owned());
+            // The task engine finds leftovers of an interrupted run by this label.
+            labels.insert("task".into(), context.id().to_owned());
             labels.insert("tool".into(), params.tool.clone());
             labels.insert("command".into(), params.command.clone());
             let request = StartRequest {

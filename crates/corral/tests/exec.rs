@@ -292,3 +292,84 @@ async fn a_job_streams_its_output_and_status_as_sse() {
     assert!(text[last_status..].contains("\"status\":\"completed\""), "{text}");
     assert_eq!(daemon.get("/exec/jobs/nope/stream").await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_running_at_kill_9_is_recovered_as_the_task_engine_says() {
+    let mut daemon = daemon_with_tools("", &[]).await;
+    let tools = daemon.dir.0.join("tools.d");
+    let out = daemon.dir.0.join("out.txt");
+    std::fs::write(
+        tools.join("append.toml"),
+        format!(
+            "name = \"append\"\n[[command]]\nname = \"once\"\nexec = [\"/bin/sh\", \"-c\", \"sleep 10; echo done >> {}\"]\ntimeout = \"60s\"\n",
+            out.display()
+        ),
+    )
+    .expect("UNWRAP: write tool");
+    wait_until("append tool loaded", || async {
+        daemon.get("/tools").await.1["tools"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2)
+    })
+    .await;
+    let (status, accepted) = daemon.post("/exec/append/once", json!({})).await;
+    assert_eq!(status, 202);
+    let id = accepted["job_id"].as_str().expect("UNWRAP: id").to_owned();
+    wait_until("job running", || async {
+        daemon.get(&format!("/exec/jobs/{id}")).await.1["status"] == "running"
+    })
+    .await;
+    daemon.kill9();
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (_, job) = daemon.get(&format!("/exec/jobs/{id}?wait=60s")).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        "done\n",
+        "the interrupted run was stopped, the re-run appended once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_writing_100_mib_keeps_the_daemon_near_the_cap() {
+    let daemon = daemon_with_tools("", &[]).await;
+    std::fs::write(
+        daemon.dir.0.join("tools.d/flood.toml"),
+        "name = \"flood\"\n[[command]]\nname = \"out\"\nexec = [\"/usr/bin/head\", \"-c\", \"104857600\", \"/dev/zero\"]\ntimeout = \"120s\"\n",
+    )
+    .expect("UNWRAP: write tool");
+    wait_until("flood tool loaded", || async {
+        daemon.get("/tools").await.1["tools"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2)
+    })
+    .await;
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0)
+    };
+    let before = rss(daemon.pid());
+    let job = run_job(&daemon, "/exec/flood/out", json!({})).await;
+    assert_eq!(job["status"], "completed", "{}", job["error"]);
+    assert_eq!(job["truncated"], true);
+    assert_eq!(
+        job["stdout"].as_str().map(str::len),
+        Some(1024 * 1024),
+        "newest 1 MiB kept"
+    );
+    let peak = rss(daemon.pid());
+    // The ring is 1 MiB per stream; the job result is stored and served as JSON. Allow generous room
+    // for those copies and the allocator, but nothing near the 100 MiB the child wrote.
+    assert!(
+        peak.saturating_sub(before) < 40 * 1024,
+        "peak RSS grew by {} KiB",
+        peak.saturating_sub(before)
+    );
+}
