@@ -108,8 +108,11 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // 503s are answers (not ready yet, store unavailable), not daemon bugs: only 500s are errors.
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(code = self.code, error = %self.message, "request failed");
+        } else if self.status == StatusCode::SERVICE_UNAVAILABLE && self.code != "not_ready" {
+            tracing::warn!(code = self.code, error = %self.message, "request refused");
         }
         let body = ErrorBody {
             error: self.message,
