@@ -304,6 +304,15 @@ impl TaskHandler for ExecTask {
                 "truncated": stdout_cut || stderr_cut,
                 "duration_ms": started.elapsed().as_millis() as u64,
             });
+            // The request was logged when accepted (who, args by name); this is its outcome.
+            tracing::info!(
+                job_id = context.id(),
+                tool = %params.tool,
+                command = %params.command,
+                outcome = ?finished.outcome,
+                exit_code = ?finished.exit_code(),
+                "exec job finished"
+            );
             match &finished.outcome {
                 corral_proc::Outcome::Completed => Ok(result),
                 corral_proc::Outcome::Failed(corral_proc::Failure::ExitCode(code)) => {
