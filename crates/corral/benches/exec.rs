@@ -201,13 +201,18 @@ impl Server {
         }
     }
 
-    /// Starts `corral daemon --config <dir>/corral.toml --state-dir <dir>/state`, isolated from the user's
-    /// configuration and registry, with the one tool file in `<dir>/tools.d` and its log (stdout and
+    /// Starts `corral daemon --config <dir>/etc/corral.toml --state-dir <dir>/state`, isolated from the user's
+    /// configuration and registry, with the one tool file in `<dir>/etc/tools.d` and its log (stdout and
     /// stderr) in `<dir>/daemon.log`.
+    ///
+    /// The config and the tools dir get a directory of their own because the daemon's tools watcher also
+    /// watches the parent of the tools dir: with the log next to `tools.d`, every log line would wake it.
     fn start_corral(dir: &Path) -> Result<Server> {
-        let config = dir.join("corral.toml");
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).with_context(|| format!("cannot create {}", etc.display()))?;
+        let config = etc.join("corral.toml");
         std::fs::write(&config, CORRAL_CONFIG).with_context(|| format!("cannot write {}", config.display()))?;
-        let tools = dir.join("tools.d");
+        let tools = etc.join("tools.d");
         std::fs::create_dir_all(&tools)?;
         std::fs::write(tools.join("bench.toml"), TOOL_FILE)?;
         let state = dir.join("state");
