@@ -315,10 +315,13 @@ async fn a_job_running_at_kill_9_is_recovered_as_the_task_engine_says() {
     let (status, accepted) = daemon.post("/exec/append/once", json!({})).await;
     assert_eq!(status, 202);
     let id = accepted["job_id"].as_str().expect("UNWRAP: id").to_owned();
-    wait_until("job running", || async {
-        daemon.get(&format!("/exec/jobs/{id}")).await.1["status"] == "running"
+    wait_until("job process recorded as running", || async {
+        let (_, list) = daemon.get(&format!("/processes?label=job%3D{id}&state=running")).await;
+        list.as_array().is_some_and(|l| l.len() == 1)
     })
     .await;
+    // (A kill in the microseconds between spawn and the `running` record would leave an unrecorded
+    // child that recovery cannot find; the keeper, which tracks children by id, closes that window.)
     daemon.kill9();
     daemon.spawn(&[]);
     daemon.wait_ready().await;
