@@ -229,7 +229,7 @@ enum Control {
 #[derive(Debug)]
 struct Shared {
     id: ProcessId,
-    identity: ProcessIdentity,
+    identity: Arc<LazyIdentity>,
     pgid: u32,
     argv: Vec<String>,
     started_at: SystemTime,
@@ -292,17 +292,9 @@ impl Process {
                 });
             }
         };
-        let identity = match ProcessIdentity::of(pid) {
-            Ok(identity) => identity,
-            Err(err) => {
-                let _ = pidfd.send_signal(Signal::KILL);
-                reap_blocking(pid);
-                return Err(SpawnError::Os {
-                    program: command.program_display(),
-                    source: std::io::Error::other(err.to_string()),
-                });
-            }
-        };
+        // The identity (start ticks from /proc) is read on first use, or by the actor before it reaps:
+        // reading it here would cost every spawn a /proc read that can wait on the child's exec.
+        let identity = Arc::new(LazyIdentity::new(pid));
 
         let id = command.id.clone().unwrap_or_else(ProcessId::random);
         let own_events = Arc::new(EventSlot::default());
@@ -337,7 +329,7 @@ impl Process {
         let argv = command.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let shared = Arc::new(Shared {
             id,
-            identity,
+            identity: identity.clone(),
             pgid: pid,
             argv,
             started_at,
@@ -357,6 +349,7 @@ impl Process {
         let actor = Actor {
             pid,
             pgid: pid,
+            identity,
             pidfd: Some(pidfd),
             started_at,
             started_instant,
@@ -391,9 +384,10 @@ impl Process {
         self.shared.pgid
     }
 
-    /// The leader's identity (pid, start ticks, boot id), to store and check later.
+    /// The leader's identity (pid, start ticks, boot id), to store and check later. Read from `/proc` on
+    /// first use (always before the leader is reaped, so it is the leader's own).
     pub fn identity(&self) -> &ProcessIdentity {
-        &self.shared.identity
+        self.shared.identity.get()
     }
 
     /// The argv it was started with (lossily converted to UTF-8).
@@ -545,6 +539,37 @@ impl Process {
     }
 }
 
+/// A process identity read from `/proc` once, on first use.
+#[derive(Debug)]
+struct LazyIdentity {
+    pid: u32,
+    cell: std::sync::OnceLock<ProcessIdentity>,
+}
+
+impl LazyIdentity {
+    fn new(pid: u32) -> Self {
+        LazyIdentity {
+            pid,
+            cell: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> &ProcessIdentity {
+        self.cell.get_or_init(|| {
+            ProcessIdentity::of(self.pid).unwrap_or_else(|err| {
+                // Not expected for an unreaped child. An identity that matches nothing is the safe answer:
+                // it is never taken for a live process, so nothing is ever signalled through it.
+                tracing::warn!(pid = self.pid, error = %err, "cannot read process identity");
+                ProcessIdentity {
+                    pid: self.pid,
+                    start_ticks: 0,
+                    boot_id: String::new(),
+                }
+            })
+        })
+    }
+}
+
 /// Reaps `pid` synchronously; for error paths right after spawn only.
 fn reap_blocking(pid: u32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
@@ -566,6 +591,7 @@ enum StopReason {
 struct Actor {
     pid: u32,
     pgid: u32,
+    identity: Arc<LazyIdentity>,
     /// Taken (closed) once the leader is reaped, so no fd outlives `wait`.
     pidfd: Option<Pidfd>,
     started_at: SystemTime,
@@ -652,6 +678,8 @@ impl Actor {
     /// Reaps the leader; it has exited, so this does not block.
     fn reap_leader(&mut self) -> Option<Exit> {
         use rustix::process::{waitid, WaitId, WaitIdOptions};
+        // Pin the identity while the pid is still ours (a zombie still has its /proc entry).
+        self.identity.get();
         let pidfd = self.pidfd.as_ref()?;
         loop {
             match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
