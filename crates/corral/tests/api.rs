@@ -44,13 +44,21 @@ async fn errors_are_json_with_a_code() {
         .expect("UNWRAP: answer");
     assert_eq!(status, 405, "{body}");
     assert_eq!(body["code"], "method_not_allowed");
-    // Over the body limit.
+    // Over the body limit: refused with 413 — or, when the daemon answers and closes before the client has
+    // finished sending 2 MiB, the client sees the connection closed under its write. Never a 2xx.
     let huge = json!({"command": ["echo", "x".repeat(2 * 1024 * 1024)]}).to_string();
-    let (status, body) = request_unix(&daemon.socket, Method::POST, "/processes", Some(huge), None)
-        .await
-        .expect("UNWRAP: answer");
-    assert_eq!(status, 413, "{body}");
-    assert!(body["code"].is_string());
+    match request_unix(&daemon.socket, Method::POST, "/processes", Some(huge), None).await {
+        Ok((status, body)) => {
+            assert_eq!(status, 413, "{body}");
+            assert!(body["code"].is_string());
+        }
+        Err(err) => {
+            let text = format!("{err:#}");
+            assert!(text.contains("Broken pipe") || text.contains("reset"), "{text}");
+        }
+    }
+    let (_, list) = daemon.get("/processes").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "nothing was started");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
