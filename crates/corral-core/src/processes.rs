@@ -567,6 +567,15 @@ impl ProcessManager {
         }
     }
 
+    /// Deletes finished process records that ended more than `max_age` ago (live ones never), so the
+    /// table — and what `/health` and `/metrics` count — stays bounded. Returns how many.
+    pub fn apply_retention(&self, max_age: Duration) -> Result<u64, ProcessesError> {
+        Ok(self
+            .inner
+            .store
+            .delete_finished_processes(now_ms() - max_age.as_millis() as i64)?)
+    }
+
     /// Number of processes running now under this daemon.
     pub fn running_count(&self) -> usize {
         self.handles().values().filter(|h| !*h.recorded().borrow()).count()

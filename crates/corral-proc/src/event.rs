@@ -10,7 +10,7 @@ use crate::lines::Line;
 use crate::process::Finished;
 use crate::signal::Signal;
 
-/// A process's id within corral: caller-chosen or a generated UUID.
+/// A process's id within corral: caller-chosen, or generated (unique within this program run).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcessId(Arc<str>);
 
@@ -18,6 +18,14 @@ impl ProcessId {
     /// A new random (v4 UUID) id.
     pub fn random() -> Self {
         ProcessId(uuid::Uuid::new_v4().to_string().into())
+    }
+
+    /// A new id unique within this process for its lifetime (`p<pid>-<n>`): cheaper than
+    /// [`ProcessId::random`], used when the caller gives none.
+    pub fn next_local() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ProcessId(format!("p{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)).into())
     }
 
     /// The id as text.

@@ -296,7 +296,7 @@ impl Process {
         // reading it here would cost every spawn a /proc read that can wait on the child's exec.
         let identity = Arc::new(LazyIdentity::new(pid));
 
-        let id = command.id.clone().unwrap_or_else(ProcessId::random);
+        let id = command.id.clone().unwrap_or_else(ProcessId::next_local);
         let own_events = Arc::new(EventSlot::default());
         let events = EventSender {
             id: id.clone(),

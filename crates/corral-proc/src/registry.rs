@@ -74,7 +74,7 @@ impl Registry {
 
     /// Spawns `command` and registers it; its events also go to [`Registry::subscribe`]rs.
     pub fn spawn(&self, command: Command) -> Result<Process, RegistryError> {
-        let id = command.id.clone().unwrap_or_else(ProcessId::random);
+        let id = command.id.clone().unwrap_or_else(ProcessId::next_local);
         let mut entries = self.entries();
         if entries.by_id.contains_key(&id) {
             return Err(RegistryError::DuplicateId(id));

@@ -168,12 +168,19 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         // Retention of finished tasks: once now, then hourly.
         let tasks = tasks.clone();
         let (max_age, keep, job_ttl) = (config.task_retention, config.task_keep, config.job_ttl);
+        let processes_for_retention = processes.clone();
         tokio::spawn(async move {
             loop {
                 match tasks.apply_retention(max_age, keep) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "finished tasks past retention deleted"),
                     Err(err) => tracing::warn!(error = %err, "task retention failed"),
+                }
+                // Finished process records follow the same age limit as finished tasks.
+                match processes_for_retention.apply_retention(max_age) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "finished process records past retention deleted"),
+                    Err(err) => tracing::warn!(error = %err, "process record retention failed"),
                 }
                 // Finished exec jobs live at least job_ttl, then go.
                 match tasks.expire_finished("exec", job_ttl) {
