@@ -469,34 +469,20 @@ impl WatchState {
         }
     }
 
-    /// Watches the target if it is a directory, and its nearest existing ancestor. Returns whether the
-    /// target appeared, went or was replaced since the last call.
+    /// Watches the target if it is a directory; while it is missing (or cannot be watched), watches its
+    /// nearest existing ancestor instead, to see it appear. Returns whether the target appeared, went or
+    /// was replaced since the last call.
     ///
-    /// The ancestor is armed first and checked again after arming (a deeper one may have appeared
-    /// meanwhile), and only then is the target looked at: whatever is created below the armed ancestor
-    /// after that is seen as an event, and whatever was created before is seen by this check.
+    /// The ancestor is watched only while needed: a watch on it wakes on every write to any sibling (a log
+    /// file next to `tools.d`, say). While the target is watched, its own delete/move events bring us back
+    /// here. When the ancestor is armed, it is checked again after arming (a deeper one may have appeared
+    /// meanwhile), and only then is the target looked at: whatever is created below the armed ancestor after
+    /// that is seen as an event, and whatever was created before is seen by this check.
     fn rearm(&mut self) -> bool {
-        for _ in 0..16 {
-            let anchor_now = self
-                .target
-                .ancestors()
-                .skip(1)
-                .find_map(|path| dir_id(path).map(|id| (path.to_owned(), id)));
-            if anchor_now == self.anchor {
-                break;
-            }
-            if let Some((old, _)) = self.anchor.take() {
-                if let Some(watcher) = self.watcher.as_mut() {
-                    let _ = watcher.unwatch(&old);
-                }
-            }
-            let Some((path, id)) = anchor_now else {
-                break;
-            };
-            if !self.watch_path(&path) {
-                break;
-            }
-            self.anchor = Some((path, id));
+        if dir_id(&self.target).is_some() {
+            self.drop_anchor();
+        } else {
+            self.arm_anchor();
         }
         let target_now = dir_id(&self.target);
         let changed = target_now != self.target_seen;
@@ -511,7 +497,40 @@ impl WatchState {
             let target = self.target.clone();
             self.target_armed = self.watch_path(&target);
         }
+        if !self.target_armed && self.anchor.is_none() {
+            // Gone between the checks, or not watchable: watch for it from above.
+            self.arm_anchor();
+        }
         changed
+    }
+
+    fn drop_anchor(&mut self) {
+        if let Some((old, _)) = self.anchor.take() {
+            if let Some(watcher) = self.watcher.as_mut() {
+                let _ = watcher.unwatch(&old);
+            }
+        }
+    }
+
+    fn arm_anchor(&mut self) {
+        for _ in 0..16 {
+            let anchor_now = self
+                .target
+                .ancestors()
+                .skip(1)
+                .find_map(|path| dir_id(path).map(|id| (path.to_owned(), id)));
+            if anchor_now == self.anchor {
+                break;
+            }
+            self.drop_anchor();
+            let Some((path, id)) = anchor_now else {
+                break;
+            };
+            if !self.watch_path(&path) {
+                break;
+            }
+            self.anchor = Some((path, id));
+        }
     }
 
     fn watch_path(&mut self, path: &Path) -> bool {
