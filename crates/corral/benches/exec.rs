@@ -23,20 +23,22 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
+use http_body_util::Full;
+use hyper::client::conn::http1;
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
+
+mod common;
+use common::*;
 
 /// Concurrent clients of each variant, each with its own connection.
 const CLIENTS: [usize; 2] = [1, 16];
@@ -78,7 +80,6 @@ const WARM_UP: Duration = Duration::from_millis(300);
 const MAX_ERROR_KINDS: usize = 8;
 /// Lines of a server's log shown when it dies.
 const LOG_TAIL_LINES: usize = 30;
-const MIB: f64 = 1024.0 * 1024.0;
 
 fn main() {
     if let Err(err) = run() {
@@ -94,18 +95,6 @@ fn main() {
 struct Settings {
     secs: f64,
     rounds: usize,
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .ok()
-            .with_context(|| format!("{name}={text:?} is not a valid number")),
-        Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(err) => Err(err).context(name.to_owned()),
-    }
 }
 
 impl Settings {
@@ -401,23 +390,9 @@ impl Drop for Server {
     }
 }
 
-/// `kill -TERM <pid>`.
-fn terminate(pid: u32) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .context("cannot run kill")?;
-    if !status.success() {
-        bail!("kill -TERM {pid} failed: {status}");
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------------
 // HTTP/1.1 over the Unix socket or loopback TCP
 // ---------------------------------------------------------------------------------------------------
-
-type Sender = SendRequest<Full<Bytes>>;
 
 /// One persistent HTTP/1.1 connection (keep-alive); its driver runs as a task.
 async fn connect(endpoint: &Endpoint) -> Result<Sender> {
@@ -447,15 +422,6 @@ async fn connect(endpoint: &Endpoint) -> Result<Sender> {
     Ok(sender)
 }
 
-/// Sends one request and reads the whole answer.
-async fn exchange(sender: &mut Sender, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
-    sender.ready().await?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
-}
-
 /// A request with a `Host` header and, with a body, `Content-Type: application/json`.
 fn request(method: Method, path: &str, host: &str, body: Option<&'static [u8]>) -> Result<Request<Full<Bytes>>> {
     let mut builder = Request::builder().method(method).uri(path).header(header::HOST, host);
@@ -463,15 +429,6 @@ fn request(method: Method, path: &str, host: &str, body: Option<&'static [u8]>) 
         builder = builder.header(header::CONTENT_TYPE, "application/json");
     }
     Ok(builder.body(Full::new(body.map_or_else(Bytes::new, Bytes::from_static)))?)
-}
-
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(160) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -725,21 +682,6 @@ struct CpuTicks {
     machine_total: u64,
 }
 
-/// utime + stime and cutime + cstime of a process.
-fn process_ticks(pid: &str) -> Result<(u64, u64)> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces. Field 3 is index 0.
-    let rest = text.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    let field = |n: usize| fields.get(n - 4).copied().unwrap_or(0);
-    Ok((field(14) + field(15), field(16) + field(17)))
-}
-
 impl CpuTicks {
     fn now(server_pid: u32) -> Result<Self> {
         let (server, children) = process_ticks(&server_pid.to_string())?;
@@ -790,37 +732,6 @@ impl CpuUse {
             machine_busy_pct: after.machine_busy.saturating_sub(before.machine_busy) as f64 * 100.0 / total as f64,
         }
     }
-}
-
-/// Microseconds per clock tick (`getconf CLK_TCK`, 100 on Linux if that fails).
-fn tick_us() -> f64 {
-    let hz = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().ok())
-        .filter(|hz| *hz > 0.0)
-        .unwrap_or(100.0);
-    1e6 / hz
-}
-
-/// VmRSS and VmHWM of a process, in KiB.
-fn memory_kib(pid: u32) -> Result<(u64, u64)> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let field = |name: &str| -> Result<u64> {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|rest| rest.trim().strip_suffix("kB"))
-            .and_then(|kib| kib.trim().parse().ok())
-            .with_context(|| format!("no {name} in {path}"))
-    };
-    Ok((field("VmRSS")?, field("VmHWM")?))
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 * 1024.0 / MIB
 }
 
 /// The daemon's Prometheus text (`GET /metrics`) as `name{labels}` → value.
@@ -875,15 +786,6 @@ struct Sample {
     /// corral only: store operations per job, and their wall time per job in microseconds.
     store_ops: f64,
     store_us: f64,
-}
-
-/// Nearest-rank percentile of sorted values, in milliseconds.
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
 }
 
 /// The benchmark's state shared by every measurement.
@@ -997,56 +899,6 @@ fn raw_spawn_rate(workers: usize, secs: f64) -> Result<f64, String> {
 // ---------------------------------------------------------------------------------------------------
 // Statistics
 // ---------------------------------------------------------------------------------------------------
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.is_empty() {
-        f64::NAN
-    } else if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(*v), hi.max(*v))
-    })
-}
-
-/// Per-round ratios `num[i] / den[i]`: paired within a round, so drift between rounds cancels.
-fn ratios(num: &[f64], den: &[f64]) -> Vec<f64> {
-    num.iter().zip(den).map(|(n, d)| n / d).collect()
-}
-
-fn list(values: &[f64], decimals: usize) -> String {
-    values
-        .iter()
-        .map(|v| format!("{v:.decimals$}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn loadavg() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let fields: Vec<&str> = text.split_whitespace().take(3).collect();
-    if fields.is_empty() {
-        "?".to_owned()
-    } else {
-        fields.join(" ")
-    }
-}
-
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("{n} {word}")
-    } else {
-        format!("{n} {word}s")
-    }
-}
 
 /// Name of one variant in the tables.
 fn variant_name(target: Target, clients: usize) -> String {

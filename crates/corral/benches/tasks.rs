@@ -23,19 +23,21 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
+use http_body_util::Full;
+use hyper::client::conn::http1;
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
+
+mod common;
+use common::*;
 
 /// Concurrent clients of each variant, each with its own connection.
 const CLIENTS: [usize; 2] = [1, 16];
@@ -71,7 +73,6 @@ const WARM_UP: Duration = Duration::from_millis(300);
 const MAX_ERROR_KINDS: usize = 8;
 /// Lines of the daemon's log shown when it dies.
 const LOG_TAIL_LINES: usize = 30;
-const MIB: f64 = 1024.0 * 1024.0;
 
 fn main() {
     if let Err(err) = run() {
@@ -87,18 +88,6 @@ fn main() {
 struct Settings {
     secs: f64,
     rounds: usize,
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .ok()
-            .with_context(|| format!("{name}={text:?} is not a valid number")),
-        Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(err) => Err(err).context(name.to_owned()),
-    }
 }
 
 impl Settings {
@@ -279,23 +268,9 @@ impl Drop for Daemon {
     }
 }
 
-/// `kill -TERM <pid>`.
-fn terminate(pid: u32) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .context("cannot run kill")?;
-    if !status.success() {
-        bail!("kill -TERM {pid} failed: {status}");
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------------
 // HTTP/1.1 over the Unix socket
 // ---------------------------------------------------------------------------------------------------
-
-type Sender = SendRequest<Full<Bytes>>;
 
 /// One persistent HTTP/1.1 connection (keep-alive); its driver runs as a task.
 async fn connect(socket: &Path) -> Result<Sender> {
@@ -307,15 +282,6 @@ async fn connect(socket: &Path) -> Result<Sender> {
         let _ = connection.await;
     });
     Ok(sender)
-}
-
-/// Sends one request and reads the whole answer.
-async fn exchange(sender: &mut Sender, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
-    sender.ready().await?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
 }
 
 fn get_request(path: &str) -> Result<Request<Full<Bytes>>> {
@@ -341,15 +307,6 @@ async fn get(socket: &Path, path: &str) -> Result<(StatusCode, Bytes)> {
     tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, get_request(path)?))
         .await
         .with_context(|| format!("GET {path}: no answer within {REQUEST_TIMEOUT:?}"))?
-}
-
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(160) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -666,21 +623,6 @@ fn process_io(pid: u32) -> Result<(u64, u64)> {
     Ok((field("wchar"), field("syscw")))
 }
 
-/// utime + stime and cutime + cstime of a process.
-fn process_ticks(pid: &str) -> Result<(u64, u64)> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces. Field 3 is index 0.
-    let rest = text.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    let field = |n: usize| fields.get(n - 4).copied().unwrap_or(0);
-    Ok((field(14) + field(15), field(16) + field(17)))
-}
-
 impl CpuTicks {
     fn now(daemon_pid: u32) -> Result<Self> {
         let (daemon, children) = process_ticks(&daemon_pid.to_string())?;
@@ -742,37 +684,6 @@ impl CpuUse {
     }
 }
 
-/// Microseconds per clock tick (`getconf CLK_TCK`, 100 on Linux if that fails).
-fn tick_us() -> f64 {
-    let hz = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().ok())
-        .filter(|hz| *hz > 0.0)
-        .unwrap_or(100.0);
-    1e6 / hz
-}
-
-/// VmRSS and VmHWM of a process, in KiB.
-fn memory_kib(pid: u32) -> Result<(u64, u64)> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let field = |name: &str| -> Result<u64> {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|rest| rest.trim().strip_suffix("kB"))
-            .and_then(|kib| kib.trim().parse().ok())
-            .with_context(|| format!("no {name} in {path}"))
-    };
-    Ok((field("VmRSS")?, field("VmHWM")?))
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 * 1024.0 / MIB
-}
-
 // ---------------------------------------------------------------------------------------------------
 // One measurement
 // ---------------------------------------------------------------------------------------------------
@@ -792,15 +703,6 @@ struct Sample {
     store_ops: f64,
     /// Milliseconds spent in store calls (waiting for its mutex included) per successful request.
     store_ms: f64,
-}
-
-/// Nearest-rank percentile of sorted values, in milliseconds.
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
 }
 
 /// The benchmark's state shared by every measurement.
@@ -1040,56 +942,6 @@ fn crash_check(bench: &mut Bench, dir: &Path) -> Result<Crash> {
 // ---------------------------------------------------------------------------------------------------
 // Statistics and report
 // ---------------------------------------------------------------------------------------------------
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.is_empty() {
-        f64::NAN
-    } else if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(*v), hi.max(*v))
-    })
-}
-
-/// Per-round ratios `num[i] / den[i]`: paired within a round, so drift between rounds cancels.
-fn ratios(num: &[f64], den: &[f64]) -> Vec<f64> {
-    num.iter().zip(den).map(|(n, d)| n / d).collect()
-}
-
-fn list(values: &[f64], decimals: usize) -> String {
-    values
-        .iter()
-        .map(|v| format!("{v:.decimals$}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn loadavg() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let fields: Vec<&str> = text.split_whitespace().take(3).collect();
-    if fields.is_empty() {
-        "?".to_owned()
-    } else {
-        fields.join(" ")
-    }
-}
-
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("{n} {word}")
-    } else {
-        format!("{n} {word}s")
-    }
-}
 
 /// Name of one variant in the tables.
 fn variant_name(route: Route, clients: usize) -> String {
