@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -272,6 +273,34 @@ impl Command {
     /// Starts the process and its supervising task. Must be called inside a tokio runtime.
     pub fn spawn(self) -> Result<Process, SpawnError> {
         Process::spawn(self)
+    }
+
+    /// Starts the process through the keeper, which becomes (and stays) its parent, so the process
+    /// outlives this one: see [`keeper`](crate::keeper). Everything else is as [`Command::spawn`]: the
+    /// returned handle captures, stops and reports exactly the same. The keeper reports the exit status;
+    /// the child is reaped (its pid released) only after its group is gone.
+    ///
+    /// Stdin inherited from this process goes to the child as a duplicate; a piped stdin is closed for
+    /// the child if this process dies.
+    pub async fn spawn_kept(self, keeper: Arc<crate::keeper::Client>) -> Result<Process, SpawnError> {
+        Process::spawn_kept(self, keeper).await
+    }
+
+    /// Supervises again a child that the keeper kept while no daemon was attached (one of
+    /// [`State::children`](crate::keeper::State::children) from [`Client::connect`](crate::keeper::Client::connect)):
+    /// what it wrote meanwhile (the keeper's spool) comes first in the captured output, a gap is marked
+    /// in it, and its real exit status is reported, also when it ended while nobody was attached.
+    ///
+    /// `self` gives the id (default: the keeper's id), capture sizes, log file, timeout (counted from
+    /// `started_at`), grace and leftovers policy; its argv is only what [`Process::argv`] reports; what
+    /// it says about spawning (directory, environment, stdio) is ignored.
+    pub fn adopt(
+        self,
+        child: crate::keeper::ChildState,
+        keeper: Arc<crate::keeper::Client>,
+        started_at: std::time::SystemTime,
+    ) -> Result<Process, SpawnError> {
+        Process::adopt(self, child, keeper, started_at)
     }
 
     pub(crate) fn program_display(&self) -> String {

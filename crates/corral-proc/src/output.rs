@@ -142,6 +142,8 @@ impl Capture {
 pub(crate) struct Pump {
     pub(crate) stream: Stream,
     pub(crate) fd: OwnedFd,
+    /// Bytes that came before the pipe's (what a keeper spooled while no daemon read the pipe).
+    pub(crate) prefill: Option<Vec<u8>>,
     pub(crate) capture: Arc<Capture>,
     pub(crate) line_max: usize,
     pub(crate) events: EventSender,
@@ -158,10 +160,28 @@ impl Pump {
     }
 
     async fn run_inner(self) -> io::Result<()> {
-        let receiver = pipe::Receiver::from_owned_fd(self.fd)?;
-        let mut splitter = LineSplitter::new(self.line_max);
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let Pump {
+            stream,
+            fd,
+            prefill,
+            capture,
+            line_max,
+            events,
+            log,
+        } = self;
+        let sink = Sink {
+            stream,
+            capture,
+            events,
+            log,
+        };
+        let receiver = pipe::Receiver::from_owned_fd(fd)?;
+        let mut splitter = LineSplitter::new(line_max);
         let mut log_failed = false;
+        if let Some(prefill) = prefill {
+            sink.take_chunk(&prefill.into(), &mut splitter, &mut log_failed);
+        }
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
             buf.reserve(READ_CHUNK);
             let n = match receiver.try_read_buf(&mut buf) {
@@ -175,40 +195,55 @@ impl Pump {
                 Err(err) => return Err(err),
             };
             let chunk = buf.split_to(n).freeze();
-            self.capture.with_ring(|ring| ring.write(&chunk));
-            if let Some(log) = &self.log {
-                let mut writer = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                if let Err(err) = writer.write(&chunk) {
-                    if !log_failed {
-                        tracing::warn!(error = %err, "cannot write log file; output is still captured");
-                        log_failed = true;
-                    }
-                }
-            }
-            if self.events.has_listeners() {
-                let mut lines = Vec::new();
-                splitter.push(&chunk, &mut lines);
-                if !lines.is_empty() {
-                    self.events.send(EventKind::Output {
-                        stream: self.stream,
-                        lines: lines.into(),
-                    });
-                }
-            } else {
-                // Nobody listens: skip the line work. A subscriber that joins mid-line gets the rest of
-                // that line as its first line.
-                splitter.reset();
-            }
+            sink.take_chunk(&chunk, &mut splitter, &mut log_failed);
         }
         if let Some(line) = splitter.finish() {
-            if self.events.has_listeners() {
-                self.events.send(EventKind::Output {
-                    stream: self.stream,
+            if sink.events.has_listeners() {
+                sink.events.send(EventKind::Output {
+                    stream: sink.stream,
                     lines: vec![line].into(),
                 });
             }
         }
         Ok(())
+    }
+}
+
+/// Where a pump puts what it reads.
+struct Sink {
+    stream: Stream,
+    capture: Arc<Capture>,
+    events: EventSender,
+    log: Option<Arc<Mutex<LogWriter>>>,
+}
+
+impl Sink {
+    /// One chunk read: into the ring, the log file and (only when someone listens) line events.
+    fn take_chunk(&self, chunk: &bytes::Bytes, splitter: &mut LineSplitter, log_failed: &mut bool) {
+        self.capture.with_ring(|ring| ring.write(chunk));
+        if let Some(log) = &self.log {
+            let mut writer = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Err(err) = writer.write(chunk) {
+                if !*log_failed {
+                    tracing::warn!(error = %err, "cannot write log file; output is still captured");
+                    *log_failed = true;
+                }
+            }
+        }
+        if self.events.has_listeners() {
+            let mut lines = Vec::new();
+            splitter.push(chunk, &mut lines);
+            if !lines.is_empty() {
+                self.events.send(EventKind::Output {
+                    stream: self.stream,
+                    lines: lines.into(),
+                });
+            }
+        } else {
+            // Nobody listens: skip the line work. A subscriber that joins mid-line gets the rest of
+            // that line as its first line.
+            splitter.reset();
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! pumps are given [`Command::drain`] to reach end of file, and only then is the final state published:
 //! when [`Process::wait`] returns, nothing of the process is left running.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +27,7 @@ use crate::error::{ProcessError, SpawnError};
 use crate::event::{EventKind, EventSender, EventSlot, Events, ProcessId, Stream};
 use crate::group;
 use crate::identity::{Pidfd, ProcessIdentity};
+use crate::keeper;
 use crate::output::{Capture, LogWriter, Pump};
 use crate::reaper;
 use crate::signal::Signal;
@@ -256,15 +258,7 @@ impl Process {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(SpawnError::NoRuntime);
         }
-        let log = match &command.log {
-            Some(config) => Some(Arc::new(std::sync::Mutex::new(
-                LogWriter::open(config.clone()).map_err(|source| SpawnError::OpenFile {
-                    path: config.path.clone(),
-                    source,
-                })?,
-            ))),
-            None => None,
-        };
+        let log = open_log(&command)?;
         let (mut std_command, pipes) = command.to_std()?;
         let child = {
             // The orphan reaper (when enabled) must not mistake this child for an orphan before we track it.
@@ -278,7 +272,6 @@ impl Process {
         drop(child);
         drop(std_command); // closes our copies of the child's ends of the pipes
         let started_at = SystemTime::now();
-        let started_instant = Instant::now();
 
         let pidfd = match Pidfd::open(pid) {
             Ok(pidfd) => pidfd,
@@ -292,11 +285,158 @@ impl Process {
                 });
             }
         };
-        // The identity (start ticks from /proc) is read on first use, or by the actor before it reaps:
-        // reading it here would cost every spawn a /proc read that can wait on the child's exec.
-        let identity = Arc::new(LazyIdentity::new(pid));
-
         let id = command.id.clone().unwrap_or_else(ProcessId::next_local);
+        Ok(Process::assemble(
+            &command,
+            Parts {
+                id,
+                pid,
+                // The identity (start ticks from /proc) is read on first use, or by the actor before it
+                // reaps: reading it here would cost every spawn a /proc read that can wait on the exec.
+                identity: Arc::new(LazyIdentity::new(pid)),
+                pidfd: Some(pidfd),
+                leader: Leader::Own,
+                stdin: pipes.stdin,
+                stdout: pipes.stdout.map(|fd| (fd, None)),
+                stderr: pipes.stderr.map(|fd| (fd, None)),
+                log,
+                started_at,
+                started_instant: Instant::now(),
+            },
+        ))
+    }
+
+    /// [`Command::spawn_kept`]: the keeper starts the child and stays its parent.
+    pub(crate) async fn spawn_kept(command: Command, client: Arc<keeper::Client>) -> Result<Process, SpawnError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SpawnError::NoRuntime);
+        }
+        let log = open_log(&command)?;
+        let id = command.id.clone().unwrap_or_else(ProcessId::next_local);
+        let (request, stdin) = keeper::SpawnRequest::from_command(&command, id.as_str())?;
+        // `Client::spawn` must not be cancelled once called (the child would run with nobody holding its
+        // output), so it runs in a task of its own that finishes even if our caller goes away.
+        let spawn = {
+            let client = client.clone();
+            tokio::spawn(async move { client.spawn(request).await })
+        };
+        let spawned = match spawn.await {
+            Ok(result) => result.map_err(|err| err.into_spawn_error(command.program_display()))?,
+            Err(join) => {
+                return Err(SpawnError::Os {
+                    program: command.program_display(),
+                    source: std::io::Error::other(format!("keeper spawn task failed: {join}")),
+                })
+            }
+        };
+        let started_at = SystemTime::now();
+        let identity = spawned.identity().map_err(|err| SpawnError::Os {
+            program: command.program_display(),
+            source: std::io::Error::other(err.to_string()),
+        })?;
+        let pid = spawned.pid;
+        // The keeper keeps the leader unreaped until we ask, so this pid cannot name another process.
+        let pidfd = Pidfd::open(pid)
+            .map_err(|err| tracing::warn!(pid, error = %err, "cannot open a pidfd on a kept child"))
+            .ok();
+        Ok(Process::assemble(
+            &command,
+            Parts {
+                id: id.clone(),
+                pid,
+                identity: Arc::new(LazyIdentity::known(identity)),
+                pidfd,
+                leader: Leader::Kept {
+                    client,
+                    id: id.as_str().to_owned(),
+                },
+                stdin,
+                stdout: spawned.stdout.map(|fd| (fd, None)),
+                stderr: spawned.stderr.map(|fd| (fd, None)),
+                log,
+                started_at,
+                started_instant: Instant::now(),
+            },
+        ))
+    }
+
+    /// [`Command::adopt`]: supervises a child the keeper kept while no daemon was attached.
+    pub(crate) fn adopt(
+        command: Command,
+        child: keeper::ChildState,
+        client: Arc<keeper::Client>,
+        started_at: SystemTime,
+    ) -> Result<Process, SpawnError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SpawnError::NoRuntime);
+        }
+        let program = command.program_display();
+        let identity = child.identity().map_err(|err| SpawnError::Os {
+            program: program.clone(),
+            source: std::io::Error::other(err.to_string()),
+        })?;
+        let log = open_log(&command)?;
+        let pid = child.pid;
+        let pidfd = Pidfd::open(pid)
+            .map_err(|err| tracing::warn!(pid, error = %err, "cannot open a pidfd on a kept child"))
+            .ok();
+        // Spool first, then the pipe: the stream in order. A gap is said in the output itself.
+        let handover = |stream: Option<keeper::Handover>, name: &str| -> Option<(OwnedFd, Option<Vec<u8>>)> {
+            let stream = stream?;
+            let mut spooled = stream.read_spool().unwrap_or_else(|err| {
+                tracing::warn!(pid, stream = name, error = %err, "cannot read the keeper's spool");
+                format!(
+                    "[corral: {} bytes spooled while the daemon was down could not be read: {err}]\n",
+                    stream.spooled
+                )
+                .into_bytes()
+            });
+            if stream.dropped > 0 {
+                spooled.extend_from_slice(
+                    format!("[corral: {} bytes lost while the daemon was down]\n", stream.dropped).as_bytes(),
+                );
+            }
+            Some((stream.reader, Some(spooled).filter(|bytes| !bytes.is_empty())))
+        };
+        let stdout = handover(child.stdout, "stdout");
+        let stderr = handover(child.stderr, "stderr");
+        let now = SystemTime::now();
+        let running_for = now.duration_since(started_at).unwrap_or_default();
+        let started_instant = Instant::now().checked_sub(running_for).unwrap_or_else(Instant::now);
+        let id = command.id.clone().unwrap_or_else(|| ProcessId::from(child.id.as_str()));
+        Ok(Process::assemble(
+            &command,
+            Parts {
+                id,
+                pid,
+                identity: Arc::new(LazyIdentity::known(identity)),
+                pidfd,
+                leader: Leader::Kept { client, id: child.id },
+                stdin: None,
+                stdout,
+                stderr,
+                log,
+                started_at,
+                started_instant,
+            },
+        ))
+    }
+
+    /// The handle, the pumps and the actor around a started child.
+    fn assemble(command: &Command, parts: Parts) -> Process {
+        let Parts {
+            id,
+            pid,
+            identity,
+            pidfd,
+            leader,
+            stdin,
+            stdout,
+            stderr,
+            log,
+            started_at,
+            started_instant,
+        } = parts;
         let own_events = Arc::new(EventSlot::default());
         let events = EventSender {
             id: id.clone(),
@@ -304,12 +444,13 @@ impl Process {
             shared: command.shared_events.clone(),
         };
         let mut pumps = Vec::new();
-        let mut start_pump = |stream: Stream, fd: Option<std::os::fd::OwnedFd>| {
-            fd.map(|fd| {
+        let mut start_pump = |stream: Stream, fd: Option<(OwnedFd, Option<Vec<u8>>)>| {
+            fd.map(|(fd, prefill)| {
                 let capture = Capture::new(command.ring_size);
                 let pump = Pump {
                     stream,
                     fd,
+                    prefill,
                     capture: capture.clone(),
                     line_max: command.line_max,
                     events: events.clone(),
@@ -319,10 +460,10 @@ impl Process {
                 capture
             })
         };
-        let stdout = start_pump(Stream::Stdout, pipes.stdout);
-        let stderr = start_pump(Stream::Stderr, pipes.stderr);
-        let stdin_piped = pipes.stdin.is_some();
-        let stdin = pipes.stdin.and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
+        let stdout = start_pump(Stream::Stdout, stdout);
+        let stderr = start_pump(Stream::Stderr, stderr);
+        let stdin_piped = stdin.is_some();
+        let stdin = stdin.and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
 
         let (state_tx, state_rx) = watch::channel(State::Running { started_at });
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -350,7 +491,8 @@ impl Process {
             pid,
             pgid: pid,
             identity,
-            pidfd: Some(pidfd),
+            pidfd,
+            leader,
             started_at,
             started_instant,
             control: control_rx,
@@ -366,7 +508,7 @@ impl Process {
             kill_at: None,
         };
         tokio::spawn(actor.run());
-        Ok(Process { shared })
+        Process { shared }
     }
 
     /// The process's id.
@@ -554,6 +696,14 @@ impl LazyIdentity {
         }
     }
 
+    /// An identity known already (the keeper reports start ticks with the pid).
+    fn known(identity: ProcessIdentity) -> Self {
+        LazyIdentity {
+            pid: identity.pid,
+            cell: std::sync::OnceLock::from(identity),
+        }
+    }
+
     fn get(&self) -> &ProcessIdentity {
         self.cell.get_or_init(|| {
             ProcessIdentity::of(self.pid).unwrap_or_else(|err| {
@@ -567,6 +717,43 @@ impl LazyIdentity {
                 }
             })
         })
+    }
+}
+
+/// What [`Process::assemble`] builds on: a started child and the ends of its pipes that stay with us.
+struct Parts {
+    id: ProcessId,
+    pid: u32,
+    identity: Arc<LazyIdentity>,
+    pidfd: Option<Pidfd>,
+    leader: Leader,
+    stdin: Option<OwnedFd>,
+    /// Each captured stream's read end, with bytes to capture before it (a keeper's spool).
+    stdout: Option<(OwnedFd, Option<Vec<u8>>)>,
+    stderr: Option<(OwnedFd, Option<Vec<u8>>)>,
+    log: Option<Arc<std::sync::Mutex<LogWriter>>>,
+    started_at: SystemTime,
+    started_instant: Instant,
+}
+
+/// Who is the leader's parent: who reaps it and reports how it ended.
+enum Leader {
+    /// Ours: the actor reaps it through its pidfd.
+    Own,
+    /// The keeper's: its exit comes over the keeper connection, and the keeper reaps it when asked, once
+    /// the group is gone (until then the zombie pins the process group id).
+    Kept { client: Arc<keeper::Client>, id: String },
+}
+
+fn open_log(command: &Command) -> Result<Option<Arc<std::sync::Mutex<LogWriter>>>, SpawnError> {
+    match &command.log {
+        Some(config) => Ok(Some(Arc::new(std::sync::Mutex::new(
+            LogWriter::open(config.clone()).map_err(|source| SpawnError::OpenFile {
+                path: config.path.clone(),
+                source,
+            })?,
+        )))),
+        None => Ok(None),
     }
 }
 
@@ -594,6 +781,7 @@ struct Actor {
     identity: Arc<LazyIdentity>,
     /// Taken (closed) once the leader is reaped, so no fd outlives `wait`.
     pidfd: Option<Pidfd>,
+    leader: Leader,
     started_at: SystemTime,
     started_instant: Instant,
     control: mpsc::UnboundedReceiver<Control>,
@@ -616,6 +804,37 @@ async fn pidfd_exited(pidfd: Option<&Pidfd>) {
     }
 }
 
+/// How the leader's end became known.
+enum LeaderEnd {
+    /// Our child exited: reap it.
+    Own,
+    /// The keeper reported (and keeps) its status; `None` if unknown.
+    Kept(Option<Exit>),
+}
+
+/// Resolves when the leader has exited.
+async fn leader_exited(leader: &Leader, pidfd: Option<&Pidfd>) -> LeaderEnd {
+    match leader {
+        Leader::Own => {
+            pidfd_exited(pidfd).await;
+            LeaderEnd::Own
+        }
+        Leader::Kept { client, id } => match client.wait_exit(id).await {
+            Ok(exited) => LeaderEnd::Kept(exited.status.exit()),
+            Err(err) => {
+                // The keeper is gone: nobody can tell the status any more. Still notice the end.
+                tracing::warn!(child = %id, error = %err, "keeper connection lost; exit status will be unknown");
+                if pidfd.is_some() {
+                    pidfd_exited(pidfd).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+                LeaderEnd::Kept(None)
+            }
+        },
+    }
+}
+
 /// A deadline far enough away to mean "never" for `sleep_until`.
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
@@ -625,8 +844,18 @@ impl Actor {
     async fn run(mut self) {
         let exit = self.wait_for_leader().await;
         self.pidfd = None;
+        if let Leader::Kept { client, id } = &self.leader {
+            // Reaped now, as our own children are: members left in the group still pin its id (the
+            // kernel keeps a pid number allocated while it names a process group), and a kept zombie
+            // would make every end pay a /proc scan in `clean_up_group`.
+            if let Err(err) = client.reap(id).await {
+                tracing::warn!(pid = self.pid, error = %err, "cannot ask the keeper to reap");
+            }
+        }
         self.clean_up_group().await;
-        reaper::untrack(self.pid);
+        if let Leader::Own = self.leader {
+            reaper::untrack(self.pid);
+        }
         self.drain_output().await;
         let ended_at = SystemTime::now();
         let outcome = match (self.stop, exit) {
@@ -659,7 +888,10 @@ impl Actor {
             let timeout_armed = timeout_at.filter(|_| self.stop.is_none());
             tokio::select! {
                 biased;
-                _ = pidfd_exited(self.pidfd.as_ref()) => return self.reap_leader(),
+                exit = leader_exited(&self.leader, self.pidfd.as_ref()) => match exit {
+                    LeaderEnd::Own => return self.reap_leader(),
+                    LeaderEnd::Kept(exit) => return exit,
+                },
                 control = self.control.recv(), if self.control_open => match control {
                     Some(control) => self.handle(control, true),
                     None => self.control_open = false,

@@ -508,3 +508,156 @@ fn smaps_rollup(pid: u32) -> (u64, u64, u64) {
     };
     (field("Rss:"), field("Pss:"), field("Private_Dirty:"))
 }
+
+/// `Command::spawn_kept` gives the same `Process` as `spawn`: capture, exit code, stop of the group.
+#[tokio::test]
+async fn spawn_kept_supervises_like_spawn() {
+    let keeper = TestKeeper::start();
+    let (client, _) = keeper.connect().await;
+    let client = std::sync::Arc::new(client);
+
+    let process = within(
+        "spawn",
+        Command::new(["sh", "-c", "echo out; echo err >&2; exit 7"]).spawn_kept(client.clone()),
+    )
+    .await
+    .expect("UNWRAP: spawns");
+    let finished = within("exit", process.wait()).await;
+    assert_eq!(finished.exit_code(), Some(7));
+    assert_eq!(
+        finished.outcome,
+        corral_proc::Outcome::Failed(corral_proc::Failure::ExitCode(7))
+    );
+    let out = process.output(corral_proc::Stream::Stdout).expect("UNWRAP: captured");
+    let err = process.output(corral_proc::Stream::Stderr).expect("UNWRAP: captured");
+    assert_eq!(out.to_string_lossy(), "out\n");
+    assert_eq!(err.to_string_lossy(), "err\n");
+    // Reaped by the keeper once recorded: nothing left under it.
+    wait_until("the child is reaped", || !keeper.children().contains(&process.pid())).await;
+
+    // A group stop reaches a grandchild that ignores TERM; the keeper is the parent meanwhile.
+    let process = within(
+        "spawn",
+        Command::new(["sh", "-c", "trap '' TERM; sleep 300 & wait"])
+            .grace(Duration::from_millis(200))
+            .spawn_kept(client.clone()),
+    )
+    .await
+    .expect("UNWRAP: spawns");
+    let pid = process.pid();
+    assert_eq!(read_stat(pid).expect("UNWRAP: /proc").map(|s| s.ppid), Some(keeper.pid));
+    let finished = within("stop", process.shutdown(Duration::from_millis(200))).await;
+    assert_eq!(finished.outcome, corral_proc::Outcome::Interrupted);
+    assert!(!corral_proc::group_has_live_members(pid).expect("UNWRAP: /proc"));
+    wait_until("the child is reaped", || !keeper.children().contains(&pid)).await;
+
+    // A program that does not exist fails as `spawn` fails.
+    let err = within(
+        "spawn",
+        Command::new(["/nonexistent/corral-test"]).spawn_kept(client.clone()),
+    )
+    .await
+    .expect_err("UNWRAP: cannot start");
+    assert!(matches!(err, SpawnError::NotFound { .. }), "{err:?}");
+}
+
+/// The daemon's runtime dies mid-run (its tasks, handles and connection dropped, as a `kill -9` would);
+/// a new one adopts the child: output written meanwhile comes first, then the rest, and the real exit
+/// code is reported. A child that ended while nobody was attached reports its code at once.
+#[test]
+fn adopted_children_keep_their_output_and_exit_status() {
+    let keeper = TestKeeper::start();
+    let gate = keeper.dir.join("gate");
+    let script = format!(
+        "echo before; while [ ! -e {0} ]; do sleep 0.02; done; echo while-down; \
+         while [ -e {0} ]; do sleep 0.02; done; echo after; exit 5",
+        gate.display()
+    );
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("UNWRAP: a runtime")
+    };
+    let (pid, quick_pid) = {
+        let first = runtime();
+        first.block_on(async {
+            let (client, _) = keeper.connect().await;
+            let client = std::sync::Arc::new(client);
+            let process = Command::new(["sh", "-c", &script])
+                .id("adoptee")
+                .spawn_kept(client.clone())
+                .await
+                .expect("UNWRAP: spawns");
+            let quick = Command::new(["sh", "-c", "sleep 0.3; echo done; exit 9"])
+                .id("quick")
+                .spawn_kept(client.clone())
+                .await
+                .expect("UNWRAP: spawns");
+            wait_until("before is captured", || {
+                process
+                    .output(corral_proc::Stream::Stdout)
+                    .is_some_and(|o| o.to_string_lossy() == "before\n")
+            })
+            .await;
+            (process.pid(), quick.pid())
+        })
+        // Dropping the runtime drops every task: the actor, the pumps and the last client handle.
+    };
+    drop_wait_for_spool(&keeper, &gate, quick_pid);
+
+    let second = runtime();
+    second.block_on(async {
+        let (client, state) = keeper.connect().await;
+        let client = std::sync::Arc::new(client);
+        let mut adopted = Vec::new();
+        for child in state.children {
+            let id = child.id.clone();
+            let process = Command::new(["sh"])
+                .adopt(child, client.clone(), std::time::SystemTime::now())
+                .expect("UNWRAP: adopts");
+            adopted.push((id, process));
+        }
+        adopted.sort_by(|a, b| a.0.cmp(&b.0));
+        let ids: Vec<&str> = adopted.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["adoptee", "quick"]);
+        let (_, adoptee) = &adopted[0];
+        let (_, quick) = &adopted[1];
+        assert_eq!(adoptee.pid(), pid);
+
+        let finished = within("the quick one's end", quick.wait()).await;
+        assert_eq!(
+            finished.exit_code(),
+            Some(9),
+            "the real code, though it ended while nobody was attached"
+        );
+        let out = quick.output(corral_proc::Stream::Stdout).expect("UNWRAP: captured");
+        assert_eq!(out.to_string_lossy(), "done\n");
+
+        std::fs::remove_file(&gate).expect("UNWRAP: the gate exists");
+        let finished = within("the adoptee's end", adoptee.wait()).await;
+        assert_eq!(finished.exit_code(), Some(5));
+        let out = adoptee.output(corral_proc::Stream::Stdout).expect("UNWRAP: captured");
+        assert_eq!(out.to_string_lossy(), "while-down\nafter\n");
+        wait_until("both are reaped", || keeper.children().is_empty()).await;
+    });
+}
+
+/// With no daemon attached: opens the gate and waits until the output it causes is spooled and the
+/// quick child has ended.
+fn drop_wait_for_spool(keeper: &TestKeeper, gate: &Path, quick_pid: u32) {
+    std::fs::write(gate, b"").expect("UNWRAP: temp dir");
+    let start = Instant::now();
+    loop {
+        let spooled = std::fs::read_to_string(keeper.spool.join("adoptee.stdout")).unwrap_or_default();
+        if spooled == "while-down\n" && is_zombie(quick_pid) {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for the spool: {spooled:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
