@@ -79,22 +79,49 @@ impl TaskHandler for ProcessTask {
                 record_command: None,
             };
             let (record, process, _) = run_to_end(&processes, request, &context, grace).await?;
-            let end = processes.get(&record.id).map_err(|e| TaskError::new(e.to_string()))?;
-            let result = json!({
-                "process_id": record.id,
-                "exit_code": end.exit_code,
-                "signal": end.signal,
-                "output_tail": output_tail(&process, TASK_TAIL_BYTES),
-            });
-            match (end.state.as_str(), end.exit_code) {
-                ("completed", _) => Ok(result),
-                (_, Some(code)) => Err(TaskError::new(format!("exited with code {code}")).with_result(result)),
-                _ => Err(
-                    TaskError::new(end.error.unwrap_or_else(|| format!("ended {}", end.state.as_str())))
-                        .with_result(result),
-                ),
-            }
+            process_task_result(&processes, &record.id, &process)
         })
+    }
+
+    fn resumes(&self) -> bool {
+        true
+    }
+
+    fn resume(&self, params: Value, context: TaskContext, ids: Vec<String>) -> TaskFuture {
+        let processes = self.processes.clone();
+        Box::pin(async move {
+            let params: ProcessParams =
+                serde_json::from_value(params).map_err(|e| TaskError::new(format!("invalid params: {e}")))?;
+            let grace = params.grace.unwrap_or(DEFAULT_GRACE);
+            let id = ids
+                .into_iter()
+                .next()
+                .ok_or_else(|| TaskError::new("no process to resume"))?;
+            let (process, _) = follow(&processes, &id, &context, grace, None).await?;
+            process_task_result(&processes, &id, &process)
+        })
+    }
+}
+
+/// A `process` task's outcome from its process's record.
+fn process_task_result(
+    processes: &ProcessManager,
+    id: &str,
+    process: &corral_proc::Process,
+) -> Result<Value, TaskError> {
+    let end = processes.get(id).map_err(|e| TaskError::new(e.to_string()))?;
+    let result = json!({
+        "process_id": id,
+        "exit_code": end.exit_code,
+        "signal": end.signal,
+        "output_tail": output_tail(process, TASK_TAIL_BYTES),
+    });
+    match (end.state.as_str(), end.exit_code) {
+        ("completed", _) => Ok(result),
+        (_, Some(code)) => Err(TaskError::new(format!("exited with code {code}")).with_result(result)),
+        _ => Err(
+            TaskError::new(end.error.unwrap_or_else(|| format!("ended {}", end.state.as_str()))).with_result(result),
+        ),
     }
 }
 
@@ -106,25 +133,47 @@ async fn run_to_end(
     context: &TaskContext,
     grace: Duration,
 ) -> Result<(corral_store::ProcessRecord, corral_proc::Process, corral_proc::Finished), TaskError> {
-    let record = match processes.start(request) {
+    let record = match processes.start(request).await {
         Ok(record) => record,
         Err(ProcessesError::Spawn { error, record }) => {
             return Err(TaskError::new(error).with_result(json!({"process_id": record.id})))
         }
         Err(err) => return Err(TaskError::new(err.to_string())),
     };
-    let Some(process) = processes.process(&record.id) else {
+    let (process, finished) = follow(processes, &record.id, context, grace, None).await?;
+    Ok((record, process, finished))
+}
+
+/// Waits until managed process `id` is gone and recorded; the task's cancellation — or `deadline`,
+/// which then reports a timeout — stops its tree gracefully.
+async fn follow(
+    processes: &ProcessManager,
+    id: &str,
+    context: &TaskContext,
+    grace: Duration,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<(corral_proc::Process, corral_proc::Finished), TaskError> {
+    let Some(process) = processes.process(id) else {
         return Err(TaskError::new("process vanished right after start"));
     };
+    let never = || tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    let mut timed_out = false;
     tokio::select! {
         _ = process.wait() => {}
         _ = context.cancel_token().cancelled() => {
-            let _ = processes.stop(&record.id, Some(grace)).await;
+            let _ = processes.stop(id, Some(grace)).await;
+        }
+        _ = tokio::time::sleep_until(deadline.unwrap_or_else(never)), if deadline.is_some() => {
+            timed_out = true;
+            let _ = processes.stop(id, Some(grace)).await;
         }
     }
-    let finished = process.wait().await;
-    processes.wait_recorded(&record.id).await;
-    Ok((record, process, finished))
+    let mut finished = process.wait().await;
+    processes.wait_recorded(id).await;
+    if timed_out && finished.outcome == corral_proc::Outcome::Interrupted {
+        finished.outcome = corral_proc::Outcome::Failed(corral_proc::Failure::TimedOut);
+    }
+    Ok((process, finished))
 }
 
 /// `pipeline`: params are a pipeline spec (the JSON form of a pipeline file); completed when no required
@@ -283,54 +332,112 @@ impl TaskHandler for ExecTask {
             };
             let started = std::time::Instant::now();
             let (record, process, finished) = run_to_end(&processes, request, &context, DEFAULT_GRACE).await?;
-            let capture = |stream: corral_proc::Stream| {
-                process
-                    .output(stream)
-                    .map(|o| {
-                        let start = o.bytes.len().saturating_sub(EXEC_OUTPUT_CAP);
-                        let truncated = o.dropped > 0 || start > 0;
-                        (String::from_utf8_lossy(&o.bytes[start..]).into_owned(), truncated)
-                    })
-                    .unwrap_or_default()
-            };
-            let (stdout, stdout_cut) = capture(corral_proc::Stream::Stdout);
-            let (stderr, stderr_cut) = capture(corral_proc::Stream::Stderr);
-            let result = json!({
-                "process_id": record.id,
-                "exit_code": finished.exit_code(),
-                "signal": finished.signal().map(|s| s.name()),
-                "stdout": stdout,
-                "stderr": stderr,
-                "truncated": stdout_cut || stderr_cut,
-                "duration_ms": started.elapsed().as_millis() as u64,
-            });
-            // The request was logged when accepted (who, args by name); this is its outcome.
-            tracing::info!(
-                job_id = context.id(),
-                tool = %params.tool,
-                command = %params.command,
-                outcome = ?finished.outcome,
-                exit_code = ?finished.exit_code(),
-                "exec job finished"
-            );
-            match &finished.outcome {
-                corral_proc::Outcome::Completed => Ok(result),
-                corral_proc::Outcome::Failed(corral_proc::Failure::ExitCode(code)) => {
-                    Err(TaskError::new(format!("exited with code {code}")).with_result(result))
-                }
-                corral_proc::Outcome::Failed(corral_proc::Failure::TimedOut) => Err(TaskError::new(format!(
-                    "timed out after {}",
-                    crate::units::format_duration(spec.timeout())
-                ))
-                .with_result(result)),
-                corral_proc::Outcome::Failed(corral_proc::Failure::Signal(signal)) => {
-                    Err(TaskError::new(format!("killed by signal {signal}")).with_result(result))
-                }
-                corral_proc::Outcome::Interrupted => Err(TaskError::new("stopped on request").with_result(result)),
-                corral_proc::Outcome::Failed(corral_proc::Failure::Unknown) => {
-                    Err(TaskError::new("exit status unknown").with_result(result))
-                }
-            }
+            exec_result(
+                &record.id,
+                &process,
+                &finished,
+                started.elapsed(),
+                &params,
+                spec.timeout(),
+                context.id(),
+            )
         })
+    }
+
+    fn resumes(&self) -> bool {
+        true
+    }
+
+    fn resume(&self, params: Value, context: TaskContext, ids: Vec<String>) -> TaskFuture {
+        let processes = self.processes.clone();
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let params: ExecParams =
+                serde_json::from_value(params).map_err(|e| TaskError::new(format!("invalid params: {e}")))?;
+            let id = ids
+                .into_iter()
+                .next()
+                .ok_or_else(|| TaskError::new("no process to resume"))?;
+            let record = processes.get(&id).map_err(|e| TaskError::new(e.to_string()))?;
+            let started_ms = record.started_at.unwrap_or(record.created_at);
+            let running_for = Duration::from_millis((crate::events::now_ms() - started_ms).max(0) as u64);
+            // The command's timeout still counts from the start, if it is still declared.
+            let timeout = registry
+                .current()
+                .lookup(&params.tool, &params.command)
+                .map(|spec| spec.timeout());
+            let deadline =
+                timeout.map(|t| tokio::time::Instant::now() + t.checked_sub(running_for).unwrap_or(Duration::ZERO));
+            let (process, finished) = follow(&processes, &id, &context, DEFAULT_GRACE, deadline).await?;
+            exec_result(
+                &id,
+                &process,
+                &finished,
+                finished.duration,
+                &params,
+                timeout.unwrap_or_default(),
+                context.id(),
+            )
+        })
+    }
+}
+
+/// An `exec` job's outcome: output (capped, newest kept), exit, and the job's end.
+fn exec_result(
+    process_id: &str,
+    process: &corral_proc::Process,
+    finished: &corral_proc::Finished,
+    took: Duration,
+    params: &ExecParams,
+    timeout: Duration,
+    job_id: &str,
+) -> Result<Value, TaskError> {
+    let capture = |stream: corral_proc::Stream| {
+        process
+            .output(stream)
+            .map(|o| {
+                let start = o.bytes.len().saturating_sub(EXEC_OUTPUT_CAP);
+                let truncated = o.dropped > 0 || start > 0;
+                (String::from_utf8_lossy(&o.bytes[start..]).into_owned(), truncated)
+            })
+            .unwrap_or_default()
+    };
+    let (stdout, stdout_cut) = capture(corral_proc::Stream::Stdout);
+    let (stderr, stderr_cut) = capture(corral_proc::Stream::Stderr);
+    let result = json!({
+        "process_id": process_id,
+        "exit_code": finished.exit_code(),
+        "signal": finished.signal().map(|s| s.name()),
+        "stdout": stdout,
+        "stderr": stderr,
+        "truncated": stdout_cut || stderr_cut,
+        "duration_ms": took.as_millis() as u64,
+    });
+    // The request was logged when accepted (who, args by name); this is its outcome.
+    tracing::info!(
+        job_id,
+        tool = %params.tool,
+        command = %params.command,
+        outcome = ?finished.outcome,
+        exit_code = ?finished.exit_code(),
+        "exec job finished"
+    );
+    match &finished.outcome {
+        corral_proc::Outcome::Completed => Ok(result),
+        corral_proc::Outcome::Failed(corral_proc::Failure::ExitCode(code)) => {
+            Err(TaskError::new(format!("exited with code {code}")).with_result(result))
+        }
+        corral_proc::Outcome::Failed(corral_proc::Failure::TimedOut) => Err(TaskError::new(format!(
+            "timed out after {}",
+            crate::units::format_duration(timeout)
+        ))
+        .with_result(result)),
+        corral_proc::Outcome::Failed(corral_proc::Failure::Signal(signal)) => {
+            Err(TaskError::new(format!("killed by signal {signal}")).with_result(result))
+        }
+        corral_proc::Outcome::Interrupted => Err(TaskError::new("stopped on request").with_result(result)),
+        corral_proc::Outcome::Failed(corral_proc::Failure::Unknown) => {
+            Err(TaskError::new("exit status unknown").with_result(result))
+        }
     }
 }

@@ -61,6 +61,11 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Unix milliseconds as a `SystemTime` (negative values are the epoch).
+pub fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+}
+
 /// A `SystemTime` in unix milliseconds.
 pub fn to_ms(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)

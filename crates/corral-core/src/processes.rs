@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_proc::{
-    CapturedOutput, Command, Events, Failure, Finished, Liveness, Outcome, Process, ProcessIdentity, Signal, StdinMode,
-    Stream,
+    keeper, CapturedOutput, Command, Events, Failure, Finished, Liveness, Outcome, Process, ProcessIdentity, Signal,
+    StdinMode, Stream,
 };
 use corral_store::{ProcessEnd, ProcessFilter, ProcessRecord, ProcessStart, ProcessState, Store, StoreError};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::events::{now_ms, to_ms, EventBus};
+use crate::events::{from_ms, now_ms, to_ms, EventBus};
 use crate::redact::redact_argv;
 
 /// Default grace between `TERM` and `KILL`.
@@ -110,8 +110,14 @@ impl Handle {
 /// Counts from [`ProcessManager::reconcile`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
-    /// Records whose process is still the same one, now watched again.
+    /// Records whose process is still the same one, now watched again (re-attached or not).
     pub recovered: usize,
+    /// Of those, processes the keeper kept: output and exit status back.
+    pub reattached: usize,
+    /// Of those, processes that ended while no daemon ran; their real exit status is recorded.
+    pub exited_while_down: usize,
+    /// Processes the keeper held that no live record owned: stopped and reaped.
+    pub unowned: usize,
     /// Records whose process is gone or whose pid now names another process.
     pub stale: usize,
 }
@@ -125,6 +131,8 @@ pub struct ProcessManager {
 struct Inner {
     store: Arc<dyn Store>,
     bus: EventBus,
+    /// The keeper that parents our children, when the daemon runs one (see `corral_proc::keeper`).
+    keeper: Option<Arc<keeper::Client>>,
     handles: Mutex<HashMap<String, Handle>>,
     /// Why a process is being interrupted, for its record's `error`.
     reasons: Mutex<HashMap<String, String>>,
@@ -145,12 +153,24 @@ const KEEP_FINISHED: usize = 1000;
 const KEEP_FINISHED_BYTES: usize = 64 * 1024 * 1024;
 
 impl ProcessManager {
-    /// A manager over `store`, publishing on `bus`.
+    /// A manager over `store`, publishing on `bus`, whose children are its own: they die with it (or
+    /// are found again by [`ProcessManager::reconcile`] without their output and exit status).
     pub fn new(store: Arc<dyn Store>, bus: EventBus) -> Self {
+        Self::build(store, bus, None)
+    }
+
+    /// A manager whose children are started by the keeper behind `keeper`, so they outlive this process
+    /// with their output and exit status, and [`ProcessManager::reconcile`] re-attaches them.
+    pub fn with_keeper(store: Arc<dyn Store>, bus: EventBus, keeper: Arc<keeper::Client>) -> Self {
+        Self::build(store, bus, Some(keeper))
+    }
+
+    fn build(store: Arc<dyn Store>, bus: EventBus, keeper: Option<Arc<keeper::Client>>) -> Self {
         ProcessManager {
             inner: Arc::new(Inner {
                 store,
                 bus,
+                keeper,
                 handles: Mutex::new(HashMap::new()),
                 reasons: Mutex::new(HashMap::new()),
                 finished: Mutex::new(FinishedCache::default()),
@@ -172,8 +192,20 @@ impl ProcessManager {
     }
 
     /// Records and starts a process. The record exists (state `pending`) before the spawn, and is
-    /// `running` with pid and identity when this returns.
-    pub fn start(&self, request: StartRequest) -> Result<ProcessRecord, ProcessesError> {
+    /// `running` with pid and identity when this returns. Once the spawn is under way it completes (record
+    /// and watcher included) even if the caller stops waiting.
+    pub async fn start(&self, request: StartRequest) -> Result<ProcessRecord, ProcessesError> {
+        if self.inner.keeper.is_none() {
+            // Nothing below awaits without a keeper: the call cannot be cut short half-way.
+            return self.start_inner(request).await;
+        }
+        let manager = self.clone();
+        tokio::spawn(async move { manager.start_inner(request).await })
+            .await
+            .map_err(|err| ProcessesError::Os(format!("the start task failed: {err}")))?
+    }
+
+    async fn start_inner(&self, request: StartRequest) -> Result<ProcessRecord, ProcessesError> {
         if request.command.is_empty() || request.command[0].is_empty() {
             return Err(ProcessesError::Invalid("command must be a non-empty argv array".into()));
         }
@@ -219,7 +251,11 @@ impl ProcessManager {
             command = command.timeout(timeout);
         }
         command = command.grace(request.grace.unwrap_or(DEFAULT_GRACE));
-        let process = match command.spawn() {
+        let spawned = match &self.inner.keeper {
+            Some(keeper) => command.spawn_kept(keeper.clone()).await,
+            None => command.spawn(),
+        };
+        let process = match spawned {
             Ok(process) => process,
             Err(err) => {
                 let error = format!("failed to start: {err}");
@@ -262,6 +298,13 @@ impl ProcessManager {
             .get_process(&id)?
             .ok_or_else(|| ProcessesError::NotFound(id.clone()))?;
         self.inner.bus.publish("process.started", record_json(&record));
+        self.watch(id, process, recorded_tx);
+        Ok(record)
+    }
+
+    /// The one watcher of a live process: writes its end once it is gone, then keeps its output within
+    /// the budget of finished processes.
+    fn watch(&self, id: String, process: Process, recorded_tx: watch::Sender<bool>) {
         let manager = self.clone();
         tokio::spawn(async move {
             let finished = process.wait().await;
@@ -274,7 +317,6 @@ impl ProcessManager {
                 .sum();
             manager.retire(&id, bytes);
         });
-        Ok(record)
     }
 
     /// Writes the terminal state (once) and publishes `process.exited` (and `process.killed`).
@@ -438,6 +480,13 @@ impl ProcessManager {
         }
     }
 
+    /// True if `id` is a live process that this daemon watches as its own: started by it, or re-attached
+    /// through the keeper after a restart (output and exit status known). False for a process merely
+    /// recovered (an earlier daemon's own child, exit status unknown), a finished or an unknown one.
+    pub fn is_reattached(&self, id: &str) -> bool {
+        matches!(self.handle(id), Some(Handle::Live { recorded, .. }) if !*recorded.borrow())
+    }
+
     /// Waits until the record of `id` holds its terminal state.
     pub async fn wait_recorded(&self, id: &str) {
         if let Some(handle) = self.handle(id) {
@@ -446,16 +495,37 @@ impl ProcessManager {
         }
     }
 
-    /// Checks every record left live by an earlier daemon: same process → recovered, else `stale`.
-    pub fn reconcile(&self) -> Result<ReconcileReport, ProcessesError> {
+    /// Checks every record left live by an earlier daemon. A process the keeper still holds (`kept`, the
+    /// [`keeper::State`] from connecting) is *re-attached*: output captured again (what it wrote
+    /// meanwhile first), its real exit status recorded, also when it ended while no daemon ran. Any other
+    /// record whose process is still the same one (pid + start ticks + boot id) is *recovered* (watched
+    /// through a pidfd, stoppable, exit status unknown); the rest become `stale`. Children the keeper
+    /// holds that no live record claims are stopped and reaped.
+    pub fn reconcile(&self, kept: Option<keeper::State>) -> Result<ReconcileReport, ProcessesError> {
         let filter = ProcessFilter {
             states: vec![ProcessState::Pending, ProcessState::Running, ProcessState::Interrupting],
             ..ProcessFilter::default()
         };
+        let mut kept: HashMap<String, keeper::ChildState> = kept
+            .map(|state| state.children.into_iter().map(|c| (c.id.clone(), c)).collect())
+            .unwrap_or_default();
         let mut report = ReconcileReport::default();
         for record in self.inner.store.list_processes(&filter)? {
             if self.handle(&record.id).is_some() {
                 continue; // ours, from this run
+            }
+            if let (Some(child), Some(client)) = (kept.remove(&record.id), &self.inner.keeper) {
+                match self.reattach(&record, child, client.clone()) {
+                    Ok(exited) => {
+                        report.recovered += 1;
+                        report.reattached += 1;
+                        report.exited_while_down += usize::from(exited);
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::warn!(process = %record.id, error = %err, "cannot re-attach a kept process");
+                    }
+                }
             }
             let identity = match (record.pid, record.start_ticks, &record.boot_id) {
                 (Some(pid), Some(start_ticks), Some(boot_id)) => Some(ProcessIdentity {
@@ -489,7 +559,72 @@ impl ProcessManager {
                 }
             }
         }
+        if let Some(client) = &self.inner.keeper {
+            for (id, child) in kept {
+                // No live record owns it (its record ended, or was never written): stop it and let the
+                // keeper reap it, so nothing runs unaccounted for.
+                report.unowned += 1;
+                tracing::warn!(child = %id, pid = child.pid, "stopping a kept process that no live record owns");
+                match Command::new([id.as_str()]).id(id.as_str()).adopt(
+                    child,
+                    client.clone(),
+                    std::time::SystemTime::now(),
+                ) {
+                    Ok(process) => {
+                        tokio::spawn(async move { process.shutdown(DEFAULT_GRACE).await });
+                    }
+                    Err(err) => tracing::warn!(child = %id, error = %err, "cannot adopt a kept process to stop it"),
+                }
+            }
+        }
         Ok(report)
+    }
+
+    /// Re-attaches a process the keeper kept: a [`Handle::Live`] again, with its watcher. Returns whether
+    /// it had already ended.
+    fn reattach(
+        &self,
+        record: &ProcessRecord,
+        child: keeper::ChildState,
+        client: Arc<keeper::Client>,
+    ) -> Result<bool, ProcessesError> {
+        let exited = child.exit.is_some();
+        let started_at = record.started_at.unwrap_or(record.created_at);
+        if record.state == ProcessState::Pending {
+            // The earlier daemon died between the keeper's spawn and the record's update.
+            let start = ProcessStart {
+                pid: child.pid,
+                pgid: child.pid,
+                start_ticks: Some(child.start_ticks),
+                boot_id: corral_proc::boot_id().ok().map(str::to_owned),
+                started_at,
+            };
+            self.inner.store.mark_process_started(&record.id, &start)?;
+        }
+        let argv = if record.command.is_empty() {
+            vec!["?".to_owned()]
+        } else {
+            record.command.clone()
+        };
+        let process = Command::new(&argv)
+            .id(record.id.as_str())
+            .grace(DEFAULT_GRACE)
+            .adopt(child, client, from_ms(started_at))
+            .map_err(|err| ProcessesError::Os(err.to_string()))?;
+        if record.state == ProcessState::Interrupting {
+            // The earlier daemon was stopping it when it died: finish the job.
+            process.start_shutdown(DEFAULT_GRACE);
+        }
+        let (recorded_tx, recorded_rx) = watch::channel(false);
+        self.handles().insert(
+            record.id.clone(),
+            Handle::Live {
+                process: process.clone(),
+                recorded: recorded_rx,
+            },
+        );
+        self.watch(record.id.clone(), process, recorded_tx);
+        Ok(exited)
     }
 
     fn recover(&self, record: ProcessRecord, identity: ProcessIdentity) {

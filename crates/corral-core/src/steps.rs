@@ -60,7 +60,7 @@ impl StepLauncher for ManagedLauncher {
                 record_command: None,
             };
             let started = std::time::Instant::now();
-            let record = match self.processes.start(request) {
+            let record = match self.processes.start(request).await {
                 Ok(record) => record,
                 Err(ProcessesError::Spawn { error, .. }) => return StepRun::failed_to_start(error, started.elapsed()),
                 Err(err) => return StepRun::failed_to_start(err, started.elapsed()),

@@ -197,6 +197,21 @@ pub trait TaskHandler: Send + Sync + 'static {
     fn validate(&self, _params: &Value) -> Result<(), String> {
         Ok(())
     }
+
+    /// Whether [`TaskHandler::resume`] can finish a run that a crash of the daemon interrupted while its
+    /// processes survived (re-attached through the keeper). Default `false`: such a run has its
+    /// processes stopped and runs again (idempotent types) or fails.
+    fn resumes(&self) -> bool {
+        false
+    }
+
+    /// Finishes a run interrupted by a crash of the daemon whose processes survived: `processes` are the
+    /// ids of the live, re-attached process records labelled `task=<id>`. Waits for them and returns
+    /// what the interrupted run would have returned. Called only when [`TaskHandler::resumes`] is true.
+    fn resume(&self, params: Value, context: TaskContext, processes: Vec<String>) -> TaskFuture {
+        let _ = (params, context, processes);
+        Box::pin(async { Err(TaskError::new("this task type cannot resume an interrupted run")) })
+    }
 }
 
 /// A handler whose params deserialize into `P`; see [`typed`].
@@ -401,6 +416,8 @@ impl SubmitResult {
 /// Counts from [`TaskEngine::recover`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
+    /// Tasks left running by a crash whose processes survived: their runs go on to the end.
+    pub resumed: usize,
     /// Tasks left running by a crash and queued to run again.
     pub rerun: usize,
     /// Non-idempotent tasks left running by a crash, marked failed.
@@ -571,19 +588,25 @@ impl TaskEngine {
             .claim_task(id, &self.inner.node, now + self.inner.lease.as_millis() as i64, now)
     }
 
-    async fn claim_and_run(&self, record: &TaskRecord, handler: Arc<dyn TaskHandler>) {
-        // Registered before the claim, so a `remove` racing the claim always finds the run to cancel.
+    /// Registers a run of `id` so `remove`, `cancel` and `shutdown` find it; `done` is sent at its end.
+    fn register_run(&self, id: &str) -> (CancelToken, Arc<Mutex<Option<StopReason>>>, watch::Sender<bool>) {
         let cancel = CancelToken::new();
         let reason = Arc::new(Mutex::new(None));
         let (done_tx, done_rx) = watch::channel(false);
         self.running().insert(
-            record.id.clone(),
+            id.to_owned(),
             Running {
                 cancel: cancel.clone(),
                 reason: reason.clone(),
                 done: done_rx,
             },
         );
+        (cancel, reason, done_tx)
+    }
+
+    async fn claim_and_run(&self, record: &TaskRecord, handler: Arc<dyn TaskHandler>) {
+        // Registered before the claim, so a `remove` racing the claim always finds the run to cancel.
+        let (cancel, reason, done_tx) = self.register_run(&record.id);
         let claimed = match self.claim(&record.id) {
             Ok(Some(claimed)) if !cancel.is_cancelled() => Some(claimed),
             Ok(Some(claimed)) => {
@@ -598,7 +621,7 @@ impl TaskEngine {
             }
         };
         if let Some(claimed) = claimed {
-            self.run_claimed(claimed, handler, cancel, reason).await;
+            self.run_claimed(claimed, handler, cancel, reason, None).await;
         }
         self.running().remove(&record.id);
         let _ = done_tx.send(true);
@@ -610,6 +633,7 @@ impl TaskEngine {
         handler: Arc<dyn TaskHandler>,
         cancel: CancelToken,
         reason: Arc<Mutex<Option<StopReason>>>,
+        resume: Option<Vec<String>>,
     ) {
         self.inner.bus.publish("task.started", task_json(&record));
         let context = TaskContext {
@@ -624,7 +648,12 @@ impl TaskEngine {
         let params = record.params.clone();
         // A panicking handler (also one that panics before returning its future) fails its task, not the
         // engine.
-        let run = tokio::spawn(async move { handler.run(params, context).await });
+        let run = tokio::spawn(async move {
+            match resume {
+                Some(processes) => handler.resume(params, context, processes).await,
+                None => handler.run(params, context).await,
+            }
+        });
         let outcome = {
             let renew = self.renew_lease(&record.id, &cancel, &reason);
             tokio::pin!(run);
@@ -853,6 +882,10 @@ impl TaskEngine {
                 }
                 continue;
             }
+            if self.resume(&record) {
+                report.resumed += 1;
+                continue;
+            }
             report.stopped_processes += self.stop_leftovers(&record.id).await;
             if idempotent {
                 if self.inner.store.requeue_task(&record.id, &self.inner.node, now_ms())? {
@@ -869,6 +902,65 @@ impl TaskEngine {
             self.enqueue(record);
         }
         Ok(report)
+    }
+
+    /// Resumes our own run of `record` if its processes survived the crash (re-attached through the
+    /// keeper) and its type can resume: the run then finishes instead of running again. False when it
+    /// cannot (no process left, one not re-attached, a type that does not resume, the claim lost).
+    fn resume(&self, record: &TaskRecord) -> bool {
+        let (Some(processes), Some(entry)) = (&self.inner.processes, self.inner.types.get(&record.task_type)) else {
+            return false;
+        };
+        if !entry.handler.resumes() {
+            return false;
+        }
+        let filter = ProcessFilter {
+            labels: BTreeMap::from([("task".to_owned(), record.id.clone())]),
+            states: vec![ProcessState::Running, ProcessState::Interrupting],
+            ..ProcessFilter::default()
+        };
+        let live: Vec<String> = processes
+            .list(&filter)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        if live.is_empty() || !live.iter().all(|id| processes.is_reattached(id)) {
+            return false;
+        }
+        let until = now_ms() + self.inner.lease.as_millis() as i64;
+        match self.inner.store.renew_task_lease(&record.id, &self.inner.node, until) {
+            Ok(true) => {}
+            _ => return false,
+        }
+        tracing::info!(task = %record.id, processes = live.len(), "resuming a task whose processes survived the restart");
+        let (cancel, reason, done_tx) = self.register_run(&record.id);
+        // It holds a slot of its type's queue, as the interrupted run did.
+        let limited = match &entry.queue {
+            Some(queue) => {
+                queue.lock().unwrap_or_else(|p| p.into_inner()).active += 1;
+                true
+            }
+            None => false,
+        };
+        let engine = self.clone();
+        let record = record.clone();
+        let handler = entry.handler.clone();
+        tokio::spawn(async move {
+            let id = record.id.clone();
+            let task_type = record.task_type.clone();
+            engine.run_claimed(record, handler, cancel, reason, Some(live)).await;
+            engine.running().remove(&id);
+            let _ = done_tx.send(true);
+            if limited {
+                if let Some(TypeEntry { queue: Some(queue), .. }) = engine.inner.types.get(&task_type) {
+                    let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+                    queue.active = queue.active.saturating_sub(1);
+                }
+                engine.dispatch(&task_type);
+            }
+        });
+        true
     }
 
     fn fail_interrupted(&self, id: &str) -> Result<bool, EngineError> {

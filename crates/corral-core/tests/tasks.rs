@@ -838,6 +838,7 @@ async fn recovery_report_counts_each_kind_once() {
     assert_eq!(
         report,
         RecoveryReport {
+            resumed: 0,
             rerun: 2,
             failed: 1,
             queued: 1,

@@ -36,6 +36,9 @@ pub(crate) struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Internal: the keeper process the daemon starts (parents every child so they outlive the daemon).
+    #[command(hide = true)]
+    Keeper,
     /// Run the daemon in the foreground (SIGTERM or Ctrl-C stops it).
     Daemon(DaemonArgs),
     /// Daemon health and process counts.

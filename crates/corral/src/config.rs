@@ -26,6 +26,17 @@ struct ConfigFile {
     notify: Vec<NotifyConfig>,
     #[serde(default)]
     tasks: TasksSection,
+    #[serde(default)]
+    processes: ProcessesSection,
+}
+
+/// `[processes]`: how children are parented.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessesSection {
+    /// Start children through the keeper so they survive a crash of the daemon and are re-attached
+    /// (default true). Off: children are the daemon's own and die with it, or run on unwatched.
+    keeper: Option<bool>,
 }
 
 /// `[tasks]`: retention of finished tasks.
@@ -108,6 +119,8 @@ pub(crate) struct Config {
     pub(crate) job_ttl: Duration,
     pub(crate) task_retention: Duration,
     pub(crate) task_keep: usize,
+    /// Children are started through the keeper (`[processes] keeper`).
+    pub(crate) keeper: bool,
     pub(crate) tokens: Vec<TokenConfig>,
     pub(crate) github_webhook: Option<GithubWebhook>,
     pub(crate) notify: Vec<NotifyConfig>,
@@ -297,6 +310,7 @@ impl Config {
             job_ttl,
             task_retention,
             task_keep,
+            keeper: file.processes.keeper.unwrap_or(true),
             tokens,
             github_webhook: file.webhook.and_then(|w| w.github),
             notify: file.notify,

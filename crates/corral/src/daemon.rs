@@ -8,6 +8,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod exec;
+pub(crate) mod keeper;
 pub(crate) mod listen;
 pub(crate) mod lock;
 pub(crate) mod metrics;
@@ -120,11 +121,30 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let processes = ProcessManager::new(store.clone(), bus.clone());
-    let reconcile = processes.reconcile().context("reconciling process records")?;
+    let keeper = if config.keeper {
+        match keeper::attach(&config.state_dir).await {
+            Ok(attached) => Some(attached),
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "cannot run the keeper; children will not survive a crash of the daemon");
+                None
+            }
+        }
+    } else {
+        tracing::info!("keeper off ([processes] keeper = false): children die with the daemon");
+        None
+    };
+    let (keeper_client, kept_state) = keeper.unzip();
+    let processes = match &keeper_client {
+        Some(client) => ProcessManager::with_keeper(store.clone(), bus.clone(), client.clone()),
+        None => ProcessManager::new(store.clone(), bus.clone()),
+    };
+    let reconcile = processes.reconcile(kept_state).context("reconciling process records")?;
     tracing::info!(
         recovered = reconcile.recovered,
+        reattached = reconcile.reattached,
+        exited_while_down = reconcile.exited_while_down,
         stale = reconcile.stale,
+        unowned = reconcile.unowned,
         "process records reconciled"
     );
     let tools = Arc::new(
@@ -287,6 +307,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     // Tasks first: they go back to `queued` (to resume at the next start) as their processes stop.
     tasks.shutdown().await;
     processes.shutdown_all(SHUTDOWN_GRACE).await;
+    if let Some(client) = &keeper_client {
+        // A clean stop: every child is stopped and recorded, so the keeper has nothing left to keep.
+        keeper::stop(client).await;
+    }
     let _ = std::fs::remove_file(&socket_path);
     if let Some(path) = registered {
         let _ = std::fs::remove_file(path);

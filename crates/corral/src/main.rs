@@ -19,6 +19,10 @@ use crate::client::transport::Client;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Keeper = cli.command {
+        // The keeper runs no tokio: it must not start a runtime's threads.
+        return daemon::keeper::run();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -73,5 +77,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait,
         } => client::exec::exec(&client()?, &tool, &command, args, wait, cli.json).await,
         Command::Job { id, wait } => client::exec::job(&client()?, &id, wait, cli.json).await,
+        Command::Keeper => Ok(daemon::keeper::run()),
     }
 }

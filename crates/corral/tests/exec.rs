@@ -320,8 +320,6 @@ async fn a_job_running_at_kill_9_is_recovered_as_the_task_engine_says() {
         list.as_array().is_some_and(|l| l.len() == 1)
     })
     .await;
-    // (A kill in the microseconds between spawn and the `running` record would leave an unrecorded
-    // child that recovery cannot find; the keeper, which tracks children by id, closes that window.)
     daemon.kill9();
     daemon.spawn(&[]);
     daemon.wait_ready().await;
@@ -330,7 +328,75 @@ async fn a_job_running_at_kill_9_is_recovered_as_the_task_engine_says() {
     assert_eq!(
         std::fs::read_to_string(&out).unwrap_or_default(),
         "done\n",
-        "the interrupted run was stopped, the re-run appended once"
+        "the run went on through the crash and appended once"
+    );
+    let (_, task) = daemon.get(&format!("/tasks/{id}")).await;
+    assert_eq!(task["attempt"], 1, "resumed, not run again: {task}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_ends_while_the_daemon_is_down_keeps_its_output_and_exit_code() {
+    let mut daemon = daemon_with_tools("", &[]).await;
+    let tools = daemon.dir.0.join("tools.d");
+    let gate = daemon.dir.0.join("gate");
+    let done = daemon.dir.0.join("done");
+    std::fs::write(
+        tools.join("gated.toml"),
+        format!(
+            "name = \"gated\"\n[[command]]\nname = \"run\"\nexec = [\"/bin/sh\", \"-c\", \"echo before; while [ ! -e {gate} ]; do sleep 0.05; done; echo while-down; echo oops >&2; touch {done}; exit 3\"]\ntimeout = \"120s\"\n",
+            gate = gate.display(),
+            done = done.display()
+        ),
+    )
+    .expect("UNWRAP: write tool");
+    wait_until("gated tool loaded", || async {
+        daemon.get("/tools").await.1["tools"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2)
+    })
+    .await;
+    let (status, accepted) = daemon.post("/exec/gated/run", json!({})).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["job_id"].as_str().expect("UNWRAP: id").to_owned();
+    wait_until("the job's process runs", || async {
+        let (_, list) = daemon.get(&format!("/processes?label=job%3D{id}&state=running")).await;
+        list.as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    let (_, list) = daemon.get(&format!("/processes?label=job%3D{id}&state=running")).await;
+    let process_id = list[0]["id"].as_str().expect("UNWRAP: id").to_owned();
+    wait_until("before is captured", || async {
+        let (_, output) = daemon.get(&format!("/processes/{process_id}/output")).await;
+        output["stdout"].as_str().is_some_and(|s| s.contains("before"))
+    })
+    .await;
+    daemon.kill9();
+    // The daemon is down: the job writes and ends. Without the keeper it would die of SIGPIPE.
+    std::fs::write(&gate, b"").expect("UNWRAP: temp dir");
+    wait_until("the job ended while the daemon was down", || {
+        std::future::ready(done.exists())
+    })
+    .await;
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (_, health) = daemon.get("/health").await;
+    assert_eq!(health["reconcile"]["exited_while_down"], 1, "{health}");
+    let (_, job) = daemon.get(&format!("/exec/jobs/{id}?wait=60s")).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["exit_code"], 3, "the real exit code, not unknown: {job}");
+    let stdout = job["stdout"].as_str().unwrap_or_default();
+    assert!(
+        stdout.contains("while-down"),
+        "output written while the daemon was down: {job}"
+    );
+    assert!(job["stderr"].as_str().unwrap_or_default().contains("oops"), "{job}");
+    let (_, record) = daemon.get(&format!("/processes/{process_id}")).await;
+    assert_eq!(record["state"], "failed", "{record}");
+    assert_eq!(record["exit_code"], 3, "{record}");
+    let (_, output) = daemon.get(&format!("/processes/{process_id}/output")).await;
+    assert!(
+        output["stdout"].as_str().is_some_and(|s| s.contains("while-down")),
+        "{output}"
     );
 }
 

@@ -90,6 +90,7 @@ async fn after_kill_9_two_hundred_processes_are_recovered_and_one_session_is_int
     daemon.wait_ready().await;
     let (_, health) = daemon.get("/health").await;
     assert_eq!(health["reconcile"]["recovered"], 200, "{health}");
+    assert_eq!(health["reconcile"]["reattached"], 200, "{health}");
     let (_, running) = daemon.get("/processes?state=running&limit=1000").await;
     assert_eq!(running.as_array().map(Vec::len), Some(200));
 
@@ -196,12 +197,18 @@ async fn a_record_whose_pid_was_reused_is_marked_stale_and_never_signalled() {
     let _namespace = KillOnDrop(init);
     let dir = crate::util::TempDir::new();
     let state_dir = dir.0.join("state");
+    // Without the keeper: a keeper would keep the dead process's pid pinned (an unreaped zombie), so the
+    // pid could not be handed to an impostor. This is the path of processes that are nobody's children.
+    let config = dir.0.join("corral.toml");
+    std::fs::write(&config, "[processes]\nkeeper = false\n").expect("UNWRAP: temp dir");
     let start_daemon = |dir: &std::path::Path| {
         let mut command = std::process::Command::new("nsenter");
         command
             .args(["-t", &init.to_string(), "-p", "-m"])
             .arg(crate::util::bin())
             .arg("daemon")
+            .arg("--config")
+            .arg(dir.join("corral.toml"))
             .arg("--state-dir")
             .arg(dir.join("state"));
         crate::util::isolate(&mut command, dir);
@@ -266,4 +273,48 @@ async fn a_record_whose_pid_was_reused_is_marked_stale_and_never_signalled() {
         .status();
     let _ = holder.wait();
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// A process that exits by itself while an interrupt stops it ends in exactly one terminal state,
+/// whichever wins; many rounds to meet the race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_racing_a_natural_exit_leaves_one_terminal_state() {
+    let daemon = Daemon::start().await;
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        // Exits on its own after a few milliseconds, near when the interrupt lands.
+        let delay = format!("0.0{}", n % 10);
+        let (status, record) = daemon
+            .post(
+                "/processes",
+                json!({"command": ["sleep", delay], "labels": {"race": n.to_string()}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{record}");
+        let id = record["id"].as_str().unwrap_or_default().to_owned();
+        let (status, report) = daemon
+            .post("/interrupt", json!({"labels": {"race": n.to_string()}, "wait": true}))
+            .await;
+        assert!(status == 200 || status == 404, "{status} {report}");
+        ids.push(id);
+    }
+    for id in ids {
+        wait_until("a terminal state", || async {
+            let (_, record) = daemon.get(&format!("/processes/{id}")).await;
+            !matches!(record["state"].as_str(), Some("running" | "interrupting" | "pending"))
+        })
+        .await;
+        let (_, record) = daemon.get(&format!("/processes/{id}")).await;
+        let state = record["state"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            state == "completed" || state == "interrupted",
+            "one terminal state, written once: {record}"
+        );
+        if state == "completed" {
+            assert_eq!(record["exit_code"], 0, "{record}");
+        }
+        assert!(record["ended_at"].is_string(), "{record}");
+    }
+    let (_, live) = daemon.get("/processes?state=interrupting").await;
+    assert_eq!(live.as_array().map(Vec::len), Some(0), "{live}");
 }

@@ -156,7 +156,9 @@ async fn kill_9_then_restart_comes_up_healthy_with_no_record_left_running() {
     let (_, record) = daemon
         .get(&format!("/processes/{}", long["id"].as_str().expect("UNWRAP: id")))
         .await;
-    assert_eq!(record["state"], "stale", "{record}");
+    // It ended while no daemon ran; the keeper kept its exit status.
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["exit_code"], 0, "{record}");
     // The one still alive is recovered: still running, and stoppable, never by pid alone.
     let forever_id = forever["id"].as_str().expect("UNWRAP: id");
     let (_, record) = daemon.get(&format!("/processes/{forever_id}")).await;

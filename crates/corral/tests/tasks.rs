@@ -170,19 +170,30 @@ async fn bad_ids_types_and_params_are_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_run_then_restart_runs_every_task_to_exactly_one_line() {
-    let mut daemon = Daemon::start().await;
+async fn kill_9_mid_run_then_restart_finishes_every_task_without_running_it_again() {
+    // The keeper kept the processes: each run goes on and ends once, in its first attempt.
+    kill_9_mid_run(None, 50, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_keeper_kill_9_mid_run_reruns_every_task_to_exactly_one_line() {
+    // The daemon's own children: the survivors are stopped, the tasks run again (at least once).
+    kill_9_mid_run(Some("[processes]\nkeeper = false\n"), 10, 2).await;
+}
+
+async fn kill_9_mid_run(config: Option<&str>, tasks: u32, attempt: u32) {
+    let mut daemon = Daemon::start_with_config(config, &[]).await;
     let out = daemon.dir.0.join("out");
     std::fs::create_dir_all(&out).expect("UNWRAP: mkdir");
-    let ids: Vec<String> = (100..150).map(uuid).collect();
+    let ids: Vec<String> = (100..100 + tasks).map(uuid).collect();
     for id in &ids {
         let (status, body) = daemon.post("/tasks", append_task(&out, id, "10")).await;
         assert_eq!(status, 201, "{body}");
     }
     // Wait until every task runs its process, then crash the daemon in the middle of the sleeps.
-    wait_until("50 tasks running", || async {
+    wait_until("every task running", || async {
         let (_, running) = daemon.get("/processes?source=task&state=running").await;
-        running.as_array().map(Vec::len) == Some(50)
+        running.as_array().map(Vec::len) == Some(tasks as usize)
     })
     .await;
     daemon.kill9();
@@ -195,8 +206,10 @@ async fn kill_9_mid_run_then_restart_runs_every_task_to_exactly_one_line() {
     for id in &ids {
         assert_eq!(lines(&out, id), 1, "task {id} ran its append {} times", lines(&out, id));
     }
-    let (_, task) = daemon.get(&format!("/tasks/{}", ids[0])).await;
-    assert_eq!(task["attempt"], 2, "re-run after the crash: {task}");
+    for id in &ids {
+        let (_, task) = daemon.get(&format!("/tasks/{id}")).await;
+        assert_eq!(task["attempt"], attempt, "{task}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -198,6 +198,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.terminate();
+        kill_keeper(&self.state_dir);
     }
 }
 
@@ -298,4 +299,24 @@ pub(crate) fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("UNWRAP: loopback bind")
+}
+
+/// Test clean-up after a daemon that was killed and not restarted: its keeper (and what the keeper
+/// still holds) would outlive the test. Kills each held child's group, then the keeper.
+pub(crate) fn kill_keeper(state_dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(state_dir.join("keeper.sock.lock")) else {
+        return;
+    };
+    let Some(pid) = text.trim().parse::<u32>().ok() else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !cmdline.split(|b| *b == 0).any(|arg| arg == b"keeper") {
+        return; // gone already, or the pid is someone else's now
+    }
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+        let _ = corral_proc::signal_group(child, corral_proc::Signal::KILL);
+    }
+    let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
 }

@@ -167,6 +167,13 @@ impl Keeper {
             }
             Err(err) => return Err(err.into()),
         }
+        // The holder's pid, for operators (and test clean-up) that need to find this keeper.
+        {
+            use std::io::Write;
+            let mut holder = &lock;
+            holder.set_len(0)?;
+            writeln!(holder, "{}", std::process::id())?;
+        }
 
         let (signals, signal_writer) =
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)?;

@@ -346,6 +346,12 @@ async fn health(State(state): State<AppState>) -> Response {
         reconcile: BTreeMap::from([
             ("recovered".to_owned(), state.inner.reconcile.recovered as u64),
             ("stale".to_owned(), state.inner.reconcile.stale as u64),
+            ("reattached".to_owned(), state.inner.reconcile.reattached as u64),
+            (
+                "exited_while_down".to_owned(),
+                state.inner.reconcile.exited_while_down as u64,
+            ),
+            ("unowned".to_owned(), state.inner.reconcile.unowned as u64),
         ]),
     };
     let status = if ok {
@@ -439,7 +445,7 @@ async fn start_process(
     for (key, value) in &request.labels {
         validate_label(key, value)?;
     }
-    let record = state.inner.processes.start(request)?;
+    let record = state.inner.processes.start(request).await?;
     Ok((StatusCode::CREATED, Json(ProcessJson::from(&record))).into_response())
 }
 
