@@ -138,8 +138,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         Some(client) => ProcessManager::with_keeper(store.clone(), bus.clone(), client.clone()),
         None => ProcessManager::new(store.clone(), bus.clone()),
     };
+    let reconcile_started = Instant::now();
     let reconcile = processes.reconcile(kept_state).context("reconciling process records")?;
     tracing::info!(
+        elapsed_ms = reconcile_started.elapsed().as_secs_f64() * 1000.0,
         recovered = reconcile.recovered,
         reattached = reconcile.reattached,
         exited_while_down = reconcile.exited_while_down,
