@@ -252,8 +252,10 @@ impl ProcessManager {
         }
         command = command.grace(request.grace.unwrap_or(DEFAULT_GRACE));
         let spawned = match &self.inner.keeper {
-            Some(keeper) => command.spawn_kept(keeper.clone()).await,
-            None => command.spawn(),
+            Some(keeper) if keeper.is_connected() => command.spawn_kept(keeper.clone()).await,
+            // No keeper, or it is gone (`keeper_connected` tells /health): our own child, so starting
+            // processes still works; it just will not survive a crash of the daemon.
+            _ => command.spawn(),
         };
         let process = match spawned {
             Ok(process) => process,
@@ -478,6 +480,12 @@ impl ProcessManager {
             Handle::Live { process, .. } => Some(process),
             Handle::Recovered { .. } => None,
         }
+    }
+
+    /// `None` without a keeper; otherwise whether its connection is still up (children started now
+    /// survive a crash of the daemon only while it is).
+    pub fn keeper_connected(&self) -> Option<bool> {
+        self.inner.keeper.as_ref().map(|keeper| keeper.is_connected())
     }
 
     /// True if `id` is a live process that this daemon watches as its own: started by it, or re-attached

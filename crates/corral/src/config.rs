@@ -346,6 +346,18 @@ mod tests {
         assert_eq!(config.services_dir, PathBuf::from("/etc/corral/services.d"));
         assert_eq!(config.job_ttl, Duration::from_secs(300));
         assert!(config.listen.is_none());
+        assert!(config.keeper, "children outlive a crash by default");
+    }
+
+    #[test]
+    fn the_keeper_can_be_turned_off_and_a_bad_value_names_the_line() {
+        let path = Path::new("/etc/corral/corral.toml");
+        let config = Config::from_str(path, "[processes]\nkeeper = false\n").expect("UNWRAP: valid");
+        assert!(!config.keeper);
+        let err = Config::from_str(path, "[processes]\nkeeper = \"yes\"\n").expect_err("UNWRAP: a string");
+        assert!(err.0.starts_with("/etc/corral/corral.toml:2:"), "{err}");
+        let err = Config::from_str(path, "[processes]\nkeepr = true\n").expect_err("UNWRAP: unknown key");
+        assert!(err.0.contains("keepr"), "{err}");
     }
 
     #[test]

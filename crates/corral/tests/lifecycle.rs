@@ -285,3 +285,33 @@ async fn systemd_notify_gets_ready_and_stopping() {
     let n = socket.recv(&mut buf).expect("UNWRAP: STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_keeper_dies_processes_still_start_and_health_says_so() {
+    let daemon = Daemon::start().await;
+    let (_, health) = daemon.get("/health").await;
+    assert_eq!(health["checks"]["keeper"]["ok"], true, "{health}");
+    let lock = std::fs::read_to_string(daemon.state_dir.join("keeper.sock.lock")).expect("UNWRAP: keeper runs");
+    let keeper: u32 = lock.trim().parse().expect("UNWRAP: the keeper's pid");
+    let _ = std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(keeper.to_string())
+        .status();
+    wait_until("health reports the keeper gone", || async {
+        let (status, health) = daemon.get("/health").await;
+        status == 503 && health["checks"]["keeper"]["ok"] == false
+    })
+    .await;
+    // Degraded, not down: a process still starts (as the daemon's own child) and its end is recorded.
+    let (status, record) = daemon
+        .post("/processes", json!({"command": ["sh", "-c", "exit 4"]}))
+        .await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().expect("UNWRAP: id").to_owned();
+    wait_until("the process ends", || async {
+        daemon.get(&format!("/processes/{id}")).await.1["state"] == "failed"
+    })
+    .await;
+    let (_, record) = daemon.get(&format!("/processes/{id}")).await;
+    assert_eq!(record["exit_code"], 4, "{record}");
+}

@@ -328,6 +328,19 @@ async fn health(State(state): State<AppState>) -> Response {
             error: disk.err(),
         },
     );
+    if let Some(connected) = state.inner.processes.keeper_connected() {
+        checks.insert(
+            "keeper".to_owned(),
+            CheckJson {
+                ok: connected,
+                error: (!connected).then(|| {
+                    "the keeper is gone: new processes are the daemon's own children and will not survive a \
+                     crash of the daemon; restart the daemon"
+                        .to_owned()
+                }),
+            },
+        );
+    }
     let ok = checks.values().all(|c| c.ok);
     let processes = state
         .inner
