@@ -145,6 +145,15 @@ async fn kill_9_then_restart_comes_up_healthy_with_no_record_left_running() {
     assert_eq!(status, 201, "{long}");
     let (_, forever) = daemon.post("/processes", json!({"command": ["sleep", "300"]})).await;
     let forever_pid = forever["pid"].as_u64().expect("UNWRAP: pid") as u32;
+    let gate = daemon.dir.0.join("gate");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; echo late; exit 7",
+        gate.display()
+    );
+    let (_, later) = daemon
+        .post("/processes", json!({"command": ["sh", "-c", script]}))
+        .await;
+    let later_id = later["id"].as_str().expect("UNWRAP: id").to_owned();
     daemon.kill9();
     // The old socket file is still there; the lock died with the daemon.
     assert!(daemon.socket.exists());
@@ -172,6 +181,16 @@ async fn kill_9_then_restart_comes_up_healthy_with_no_record_left_running() {
         .ok()
         .flatten()
         .is_none_or(|s| s.is_dead()));
+    // One that ends after the restart: its real exit code and its late output, through the keeper.
+    std::fs::write(&gate, b"").expect("UNWRAP: temp dir");
+    wait_until("the re-attached process ends", || async {
+        daemon.get(&format!("/processes/{later_id}")).await.1["state"] == "failed"
+    })
+    .await;
+    let (_, record) = daemon.get(&format!("/processes/{later_id}")).await;
+    assert_eq!(record["exit_code"], 7, "{record}");
+    let (_, output) = daemon.get(&format!("/processes/{later_id}/output")).await;
+    assert_eq!(output["stdout"], "late\n", "{output}");
     let (_, running) = daemon.get("/processes?state=running").await;
     assert_eq!(running.as_array().map(Vec::len), Some(0), "{running}");
 }
