@@ -58,8 +58,11 @@
 //!   them a child never gets `SIGPIPE`, whatever happens to the daemon.
 //! - `Exited` is sent when a tracked child's pidfd becomes readable. The status is read with
 //!   `waitid(P_PIDFD, WEXITED | WNOWAIT)`: the child is **not** reaped, so its pid — which is its process
-//!   group id — stays allocated while the daemon stops members left in the group. Replies and `Exited`
-//!   go out in order: a child's `Spawned` always precedes its `Exited`.
+//!   group id — stays allocated until the daemon has taken the status (a status is never lost to a
+//!   daemon that dies at that moment). [`Process`](crate::Process) then asks for the reap at once and
+//!   stops members left in the group as it does for its own children: the kernel keeps a pid number
+//!   allocated while it names a process group. Replies and `Exited` go out in order: a child's `Spawned`
+//!   always precedes its `Exited`.
 //! - `Reap` reaps the child (if its exit is known), forgets it, closes the keeper's read ends and removes
 //!   its spool files; `Reaped` says whether it did. The daemon sends it once it recorded the exit, stopped
 //!   the group and read the spool.
@@ -75,8 +78,8 @@
 //! # Invariants
 //!
 //! - **The keeper never signals anyone.** The daemon signals the leader through a pidfd (which works on a
-//!   process that is not its child) and the group with `killpg`, safe because the unreaped leader pins
-//!   the group id until `Reap`. The one exception: a child the keeper has just spawned and cannot track
+//!   process that is not its child) and the group with `killpg` while the leader is unreaped or members
+//!   were just seen alive (either pins the group id). The one exception: a child the keeper has just spawned and cannot track
 //!   (no pidfd: descriptor exhaustion) is killed and reaped before `SpawnFailed` is sent.
 //! - The keeper reaps a tracked child only on `Reap`; orphans re-parented to it (it is a subreaper) are
 //!   reaped on `SIGCHLD`, listing `/proc/self/task/*/children` and skipping tracked pids.
