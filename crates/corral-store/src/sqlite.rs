@@ -444,6 +444,10 @@ impl Store for SqliteStore {
         tasks::submit(&mut self.lock(), new)
     }
 
+    fn submit_claimed_task(&self, new: &NewTask, node: &str, lease_until: i64) -> Result<Submitted, StoreError> {
+        tasks::submit_claimed(&mut self.lock(), new, node, lease_until)
+    }
+
     fn claim_task(&self, id: &str, node: &str, lease_until: i64, now: i64) -> Result<Option<TaskRecord>, StoreError> {
         tasks::claim(&mut self.lock(), id, node, lease_until, now)
     }
