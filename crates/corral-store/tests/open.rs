@@ -205,3 +205,33 @@ fn stores_are_usable_as_trait_objects_across_threads() {
         .expect("UNWRAP: thread");
     assert!(store.get_process("t").expect("UNWRAP: get").is_some());
 }
+
+/// Commits go to the WAL; a thread of the store copies them into the database file in the background, long
+/// before SQLite's own checkpoint (inside a commit, a backstop at ~20,000 WAL pages) would.
+#[test]
+fn the_wal_is_checkpointed_in_the_background() {
+    let dir = TempDir::new("checkpoint");
+    let store = dir.open();
+    let db_size = || std::fs::metadata(dir.db()).map(|m| m.len()).unwrap_or(0);
+    let before = db_size();
+    // A few thousand WAL pages at most: far below the backstop.
+    for i in 0..1_000 {
+        crate::util::submit(&store, &format!("t{i}"), "build", i);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while db_size() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file did not grow from {before} bytes: nothing was checkpointed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The data is all there, whatever was checkpointed when.
+    assert_eq!(
+        store
+            .list_tasks(&corral_store::TaskFilter::default())
+            .expect("UNWRAP: list")
+            .len(),
+        1_000
+    );
+}
