@@ -46,6 +46,7 @@ pub fn enable_subreaper() -> io::Result<()> {
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
     tokio::spawn(async move {
         loop {
+            settle().await;
             reap_orphans();
             if sigchld.recv().await.is_none() {
                 return;
@@ -54,6 +55,21 @@ pub fn enable_subreaper() -> io::Result<()> {
     });
     Ok(())
 }
+
+/// Most `SIGCHLD`s are for a child that corral-proc tracks, and its actor, woken at the same moment, is
+/// about to reap it. Give it that moment (a few yields) before [`reap_orphans`], which would otherwise find
+/// that zombie and fall back to a full sweep of `/proc`.
+async fn settle() {
+    for _ in 0..SETTLE_YIELDS {
+        match exited_child() {
+            Some(pid) if is_tracked(pid) => tokio::task::yield_now().await,
+            _ => return,
+        }
+    }
+}
+
+/// How many times [`settle`] yields at most.
+const SETTLE_YIELDS: usize = 8;
 
 /// True if this process is a child subreaper.
 pub fn is_subreaper() -> bool {

@@ -207,15 +207,16 @@ fn stores_are_usable_as_trait_objects_across_threads() {
 }
 
 /// Commits go to the WAL; a thread of the store copies them into the database file in the background, long
-/// before SQLite's own checkpoint (inside a commit, a backstop at ~20,000 WAL pages) would.
+/// before SQLite's own checkpoint (inside a commit, at ~8,000 WAL pages) would.
 #[test]
 fn the_wal_is_checkpointed_in_the_background() {
     let dir = TempDir::new("checkpoint");
     let store = dir.open();
     let db_size = || std::fs::metadata(dir.db()).map(|m| m.len()).unwrap_or(0);
     let before = db_size();
-    // A few thousand WAL pages at most: far below the backstop.
-    for i in 0..1_000 {
+    // More calls than the store makes between two background checkpoints (256), and fewer WAL pages than
+    // SQLite's own checkpoint waits for (about 6 pages per submit).
+    for i in 0..280 {
         crate::util::submit(&store, &format!("t{i}"), "build", i);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -232,6 +233,6 @@ fn the_wal_is_checkpointed_in_the_background() {
             .list_tasks(&corral_store::TaskFilter::default())
             .expect("UNWRAP: list")
             .len(),
-        1_000
+        280
     );
 }
