@@ -694,8 +694,9 @@ impl TaskEngine {
             ended,
         } = handles;
         if let Some(claimed) = claimed {
-            if cancel.is_cancelled() {
-                // Stopped between registration and claim: do not start it.
+            // Stopped between registration and claim (or a shutdown began that did not see this run yet):
+            // do not start it.
+            if cancel.is_cancelled() || self.inner.stopping.load(Ordering::SeqCst) {
                 self.drop_unstarted(&claimed, &reason, &ended);
             } else {
                 self.run_claimed(claimed, handler, cancel, reason, &ended).await;
