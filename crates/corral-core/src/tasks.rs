@@ -55,7 +55,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_store::{
@@ -363,8 +363,6 @@ struct Running {
     cancel: CancelToken,
     reason: Arc<Mutex<Option<StopReason>>>,
     done: watch::Receiver<bool>,
-    /// The record as this run's end wrote it (set before `done`), for [`TaskEngine::wait`].
-    ended: Arc<OnceLock<TaskRecord>>,
 }
 
 /// The handles of one run, kept by the run itself; the engine's `running` map holds the other side.
@@ -372,7 +370,6 @@ struct RunHandles {
     cancel: CancelToken,
     reason: Arc<Mutex<Option<StopReason>>>,
     done: watch::Sender<bool>,
-    ended: Arc<OnceLock<TaskRecord>>,
 }
 
 impl RunHandles {
@@ -380,23 +377,13 @@ impl RunHandles {
     fn new() -> (RunHandles, Running) {
         let cancel = CancelToken::new();
         let reason = Arc::new(Mutex::new(None));
-        let ended = Arc::new(OnceLock::new());
         let (done, done_rx) = watch::channel(false);
         let entry = Running {
             cancel: cancel.clone(),
             reason: reason.clone(),
             done: done_rx,
-            ended: ended.clone(),
         };
-        (
-            RunHandles {
-                cancel,
-                reason,
-                done,
-                ended,
-            },
-            entry,
-        )
+        (RunHandles { cancel, reason, done }, entry)
     }
 }
 
@@ -570,8 +557,7 @@ impl TaskEngine {
         let engine = self.clone();
         tokio::spawn(async move {
             let id = record.id.clone();
-            engine.run_registered(Some(record), handler, handles).await;
-            engine.running().remove(&id);
+            engine.run_registered(&id, Some(record), handler, handles).await;
         });
         Ok(Some(result))
     }
@@ -680,37 +666,50 @@ impl TaskEngine {
                 None
             }
         };
-        self.run_registered(claimed, handler, handles).await;
-        self.running().remove(&record.id);
+        self.run_registered(&record.id, claimed, handler, handles).await;
     }
 
-    /// Runs a task claimed by this node, unless the run was stopped between its registration and now;
-    /// then signals `done`. The caller removes the run from `running` afterwards.
-    async fn run_registered(&self, claimed: Option<TaskRecord>, handler: Arc<dyn TaskHandler>, handles: RunHandles) {
-        let RunHandles {
-            cancel,
-            reason,
-            done,
-            ended,
-        } = handles;
+    /// Runs a task claimed by this node, unless the run was stopped between its registration and now; then
+    /// removes the run `id` from `running`, signals `done`, and queues what
+    /// [`drop_unstarted`](Self::drop_unstarted) gave back, if anything.
+    async fn run_registered(
+        &self,
+        id: &str,
+        claimed: Option<TaskRecord>,
+        handler: Arc<dyn TaskHandler>,
+        handles: RunHandles,
+    ) {
+        let RunHandles { cancel, reason, done } = handles;
+        let mut again = None;
         if let Some(claimed) = claimed {
             // Stopped between registration and claim (or a shutdown began that did not see this run yet):
             // do not start it.
             if cancel.is_cancelled() || self.inner.stopping.load(Ordering::SeqCst) {
-                self.drop_unstarted(&claimed, &reason, &ended);
+                again = self.drop_unstarted(&claimed, &reason);
             } else {
-                self.run_claimed(claimed, handler, cancel, reason, &ended).await;
+                self.run_claimed(claimed, handler, cancel, reason).await;
             }
         }
+        // Gone from `running` before `done`: whoever waits for `done` (remove, cancel, shutdown) finds it gone.
+        self.running().remove(id);
         let _ = done.send(true);
+        if let Some(record) = again {
+            self.enqueue(record);
+        }
     }
 
-    /// A claimed task whose run was stopped before it started: cancelled on request → `cancelled`; removed →
-    /// nothing (the row is gone); otherwise (shutdown) back to the queue.
-    fn drop_unstarted(&self, claimed: &TaskRecord, reason: &Mutex<Option<StopReason>>, ended: &OnceLock<TaskRecord>) {
+    /// A claimed task whose run was stopped before it started: cancelled on request → `cancelled`; otherwise
+    /// back to the queue in the store. Removed: the row is normally gone; if it is still there, the removal
+    /// came before a claimed submit had written it (and found nothing to remove), so the task is returned, to
+    /// be queued here once this run is unregistered: it runs as a submit after a removal should.
+    fn drop_unstarted(&self, claimed: &TaskRecord, reason: &Mutex<Option<StopReason>>) -> Option<TaskRecord> {
         let stop = *reason.lock().unwrap_or_else(|p| p.into_inner());
         match stop {
-            Some(StopReason::Removed) => {}
+            Some(StopReason::Removed) => {
+                if let Ok(true) = self.inner.store.requeue_task(&claimed.id, &self.inner.node, now_ms()) {
+                    return Some(claimed.clone());
+                }
+            }
             Some(StopReason::Cancelled) => {
                 let end = TaskEnd {
                     status: TaskStatus::Cancelled,
@@ -718,25 +717,19 @@ impl TaskEngine {
                     error: Some("cancelled on request".into()),
                     completed_at: now_ms(),
                 };
-                self.write_end(claimed, None, &end, "task.cancelled", ended);
+                self.write_end(claimed, None, &end, "task.cancelled");
             }
             _ => {
                 let _ = self.inner.store.requeue_task(&claimed.id, &self.inner.node, now_ms());
             }
         }
+        None
     }
 
     /// Writes a run's end (once, as the claimant); if it applied, publishes `kind` with the record as the
-    /// store now holds it, built from the claimed record without reading it back, and keeps that record for
-    /// waiters. `false` if the end was not written (the claim was lost, or the task removed).
-    fn write_end(
-        &self,
-        claimed: &TaskRecord,
-        progress: Option<Value>,
-        end: &TaskEnd,
-        kind: &str,
-        ended: &OnceLock<TaskRecord>,
-    ) -> bool {
+    /// store now holds it, built from the claimed record without reading it back. `false` if the end was not
+    /// written (the claim was lost, or the task removed).
+    fn write_end(&self, claimed: &TaskRecord, progress: Option<Value>, end: &TaskEnd, kind: &str) -> bool {
         match self.inner.store.finish_task(&claimed.id, &self.inner.node, end) {
             Ok(true) => {
                 let mut done = claimed.clone();
@@ -750,7 +743,6 @@ impl TaskEngine {
                     done.progress = progress;
                 }
                 self.inner.bus.publish(kind, task_json(&done));
-                let _ = ended.set(done);
                 true
             }
             Ok(false) => {
@@ -770,7 +762,6 @@ impl TaskEngine {
         handler: Arc<dyn TaskHandler>,
         cancel: CancelToken,
         reason: Arc<Mutex<Option<StopReason>>>,
-        ended: &OnceLock<TaskRecord>,
     ) {
         self.inner.bus.publish("task.started", task_json(&record));
         let progress = Arc::new(Mutex::new(None));
@@ -809,7 +800,7 @@ impl TaskEngine {
                     error: Some("cancelled on request".into()),
                     completed_at: now_ms(),
                 };
-                self.write_end(&record, progress, &end, "task.cancelled", ended);
+                self.write_end(&record, progress, &end, "task.cancelled");
             }
             Some(StopReason::Shutdown) => {
                 if let Err(err) = self.inner.store.requeue_task(&record.id, &self.inner.node, now_ms()) {
@@ -842,7 +833,7 @@ impl TaskEngine {
                 } else {
                     "task.failed"
                 };
-                self.write_end(&record, progress, &end, kind, ended);
+                self.write_end(&record, progress, &end, kind);
             }
         }
     }
@@ -889,17 +880,14 @@ impl TaskEngine {
     /// is when the time is up). `None` for an unknown id.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Option<TaskRecord>, EngineError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        // A run on this node: wait for its end alone (no wake-up per event on the bus), then take the
-        // record its end wrote, without reading it back.
-        let local = self.running().get(id).map(|r| (r.done.clone(), r.ended.clone()));
-        if let Some((mut done, ended)) = local {
+        // A run on this node: wait for its end alone (no wake-up per event on the bus), then read the task
+        // below. (Not the record the run's end wrote: the run found may be one that has just ended, of a
+        // failed task that has since been submitted again.)
+        let local = self.running().get(id).map(|r| r.done.clone());
+        if let Some(mut done) = local {
             if tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await.is_err() {
                 return self.get(id);
             }
-            if let Some(record) = ended.get() {
-                return Ok(Some(record.clone()));
-            }
-            // Ended without writing an end (removed, requeued, claim lost): look in the store.
         }
         let mut events = self.inner.bus.subscribe();
         loop {

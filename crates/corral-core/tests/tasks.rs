@@ -1143,7 +1143,8 @@ async fn removing_a_process_task_stops_its_process() {
 }
 
 /// A type without a concurrency limit is submitted already claimed (one transaction) and runs at once; a
-/// wait on it returns the record its end wrote, built without reading it back: exactly what the store holds.
+/// wait on it returns the record the store holds once the run has ended (progress set by the handler
+/// included).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlimited_type_is_submitted_claimed_and_a_wait_returns_the_stored_end() {
     let (release, released) = watch::channel(false);
