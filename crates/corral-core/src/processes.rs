@@ -268,8 +268,10 @@ impl ProcessManager {
                     error: Some(error.clone()),
                     ended_at: now_ms(),
                 };
-                self.inner.store.finish_process(&id, &end)?;
-                let record = self.inner.store.get_process(&id)?.unwrap_or(record);
+                let record = match self.inner.store.finish_process(&id, &end)? {
+                    true => ended(record, &end),
+                    false => self.inner.store.get_process(&id)?.unwrap_or(record),
+                };
                 self.inner.bus.publish("process.exited", record_json(&record));
                 return Err(ProcessesError::Spawn {
                     record: Box::new(record),
@@ -285,7 +287,7 @@ impl ProcessManager {
             boot_id: Some(identity.boot_id.clone()),
             started_at: to_ms(process.started_at()),
         };
-        self.inner.store.mark_process_started(&id, &start)?;
+        let marked = self.inner.store.mark_process_started(&id, &start)?;
         let (recorded_tx, recorded_rx) = watch::channel(false);
         self.handles().insert(
             id.clone(),
@@ -294,23 +296,37 @@ impl ProcessManager {
                 recorded: recorded_rx,
             },
         );
-        let record = self
-            .inner
-            .store
-            .get_process(&id)?
-            .ok_or_else(|| ProcessesError::NotFound(id.clone()))?;
+        // As written, without reading it back (unless something else wrote it first).
+        let record = if marked {
+            ProcessRecord {
+                state: ProcessState::Running,
+                pid: Some(start.pid),
+                pgid: Some(start.pgid),
+                start_ticks: start.start_ticks,
+                boot_id: start.boot_id,
+                started_at: Some(start.started_at),
+                ..record
+            }
+        } else {
+            self.inner
+                .store
+                .get_process(&id)?
+                .ok_or_else(|| ProcessesError::NotFound(id.clone()))?
+        };
         self.inner.bus.publish("process.started", record_json(&record));
-        self.watch(id, process, recorded_tx);
+        self.watch(id, process, recorded_tx, Some(record.clone()));
         Ok(record)
     }
 
     /// The one watcher of a live process: writes its end once it is gone, then keeps its output within
-    /// the budget of finished processes.
-    fn watch(&self, id: String, process: Process, recorded_tx: watch::Sender<bool>) {
+    /// the budget of finished processes. `started`: the record as last written, if known (else the end
+    /// is published as read back).
+    fn watch(&self, id: String, process: Process, recorded_tx: watch::Sender<bool>, started: Option<ProcessRecord>) {
         let manager = self.clone();
         tokio::spawn(async move {
             let finished = process.wait().await;
-            manager.record_end(&id, end_of(&finished), finished.signal() == Some(Signal::KILL));
+            let killed = finished.signal() == Some(Signal::KILL);
+            manager.record_end_from(&id, started, end_of(&finished), killed);
             let _ = recorded_tx.send(true);
             let bytes = [Stream::Stdout, Stream::Stderr]
                 .iter()
@@ -322,17 +338,32 @@ impl ProcessManager {
     }
 
     /// Writes the terminal state (once) and publishes `process.exited` (and `process.killed`).
-    fn record_end(&self, id: &str, mut end: ProcessEnd, killed: bool) {
+    fn record_end(&self, id: &str, end: ProcessEnd, killed: bool) {
+        self.record_end_from(id, None, end, killed);
+    }
+
+    /// [`record_end`](Self::record_end); with the record as `start` left it, the published record is built
+    /// from it instead of read back.
+    fn record_end_from(&self, id: &str, started: Option<ProcessRecord>, mut end: ProcessEnd, killed: bool) {
         let reason = self.inner.reasons.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         if let (ProcessState::Interrupted, Some(reason)) = (end.state, reason) {
             end.error = Some(format!("interrupted: {reason}"));
         }
-        match self.inner.store.finish_process(id, &end) {
-            Ok(true) => {}
-            Ok(false) => tracing::debug!(process = id, "terminal state already written"),
-            Err(err) => tracing::error!(process = id, error = %err, "cannot record the end of a process"),
-        }
-        if let Ok(Some(record)) = self.inner.store.get_process(id) {
+        let record = match self.inner.store.finish_process(id, &end) {
+            Ok(true) => match started {
+                Some(started) => Some(ended(started, &end)),
+                None => self.inner.store.get_process(id).ok().flatten(),
+            },
+            Ok(false) => {
+                tracing::debug!(process = id, "terminal state already written");
+                self.inner.store.get_process(id).ok().flatten()
+            }
+            Err(err) => {
+                tracing::error!(process = id, error = %err, "cannot record the end of a process");
+                self.inner.store.get_process(id).ok().flatten()
+            }
+        };
+        if let Some(record) = record {
             if killed {
                 self.inner
                     .bus
@@ -631,7 +662,7 @@ impl ProcessManager {
                 recorded: recorded_rx,
             },
         );
-        self.watch(record.id.clone(), process, recorded_tx);
+        self.watch(record.id.clone(), process, recorded_tx, None);
         Ok(exited)
     }
 
@@ -896,6 +927,18 @@ async fn stop_recovered(identity: &ProcessIdentity, pgid: u32, grace: Duration) 
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// `record` with `end` written, as `finish_process` leaves it.
+fn ended(record: ProcessRecord, end: &ProcessEnd) -> ProcessRecord {
+    ProcessRecord {
+        state: end.state,
+        exit_code: end.exit_code,
+        signal: end.signal.clone(),
+        error: end.error.clone(),
+        ended_at: Some(end.ended_at),
+        ..record
     }
 }
 

@@ -170,6 +170,8 @@ impl TaskContext {
 struct ProgressSink {
     store: Arc<dyn Store>,
     node: String,
+    /// The last progress this run wrote, as the store now holds it.
+    last: Arc<Mutex<Option<Value>>>,
 }
 
 impl std::fmt::Debug for ProgressSink {
@@ -182,8 +184,10 @@ impl std::fmt::Debug for ProgressSink {
 
 impl ProgressSink {
     fn set(&self, id: &str, progress: Value) {
-        if let Err(err) = self.store.set_task_progress(id, &self.node, &progress, now_ms()) {
-            tracing::warn!(task = id, error = %err, "cannot record task progress");
+        match self.store.set_task_progress(id, &self.node, &progress, now_ms()) {
+            Ok(true) => *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(progress),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(task = id, error = %err, "cannot record task progress"),
         }
     }
 }
@@ -376,6 +380,28 @@ struct Running {
     done: watch::Receiver<bool>,
 }
 
+/// The handles of one run, kept by the run itself; the engine's `running` map holds the other side.
+struct RunHandles {
+    cancel: CancelToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+    done: watch::Sender<bool>,
+}
+
+impl RunHandles {
+    /// New handles, and the map entry that goes with them.
+    fn new() -> (RunHandles, Running) {
+        let cancel = CancelToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        let (done, done_rx) = watch::channel(false);
+        let entry = Running {
+            cancel: cancel.clone(),
+            reason: reason.clone(),
+            done: done_rx,
+        };
+        (RunHandles { cancel, reason, done }, entry)
+    }
+}
+
 struct Inner {
     store: Arc<dyn Store>,
     bus: EventBus,
@@ -482,6 +508,12 @@ impl TaskEngine {
             params,
             submitted_at: now_ms(),
         };
+        // A type without a limit runs at once: submitted and claimed in one transaction.
+        if entry.queue.is_none() && !self.inner.stopping.load(Ordering::SeqCst) {
+            if let Some(result) = self.submit_claimed(&new, entry.handler.clone())? {
+                return Ok(result);
+            }
+        }
         let result = match self.inner.store.submit_task(&new)? {
             Submitted::Created(record) => SubmitResult::Created(record),
             Submitted::Requeued(record) => SubmitResult::Requeued(record),
@@ -493,6 +525,58 @@ impl TaskEngine {
             self.enqueue(record);
         }
         Ok(result)
+    }
+
+    /// Submits `new` claimed by this node and starts its run, which is registered before the write (as in
+    /// `claim_and_run`, so that a `remove` or `cancel` racing the submit finds it). `None` when this id
+    /// already has a run on this node: the caller submits the usual way.
+    fn submit_claimed(
+        &self,
+        new: &NewTask,
+        handler: Arc<dyn TaskHandler>,
+    ) -> Result<Option<SubmitResult>, EngineError> {
+        let (handles, entry) = RunHandles::new();
+        match self.running().entry(new.id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => return Ok(None),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(entry);
+            }
+        }
+        let unregister = |handles: RunHandles| {
+            self.running().remove(&new.id);
+            let _ = handles.done.send(true);
+        };
+        let lease_until = new.submitted_at + self.inner.lease.as_millis() as i64;
+        let submitted = match self.inner.store.submit_claimed_task(new, &self.inner.node, lease_until) {
+            Ok(submitted) => submitted,
+            Err(err) => {
+                unregister(handles);
+                return Err(err.into());
+            }
+        };
+        let result = match submitted {
+            Submitted::Created(record) => SubmitResult::Created(record),
+            Submitted::Requeued(record) => SubmitResult::Requeued(record),
+            Submitted::Existing(record) => SubmitResult::Existing(record),
+        };
+        if !result.is_new() {
+            unregister(handles);
+            return Ok(Some(result));
+        }
+        let record = result.record().clone();
+        self.inner.bus.publish("task.submitted", task_json(&record));
+        if record.status != TaskStatus::Running || record.claimed_by.as_deref() != Some(self.inner.node.as_str()) {
+            // Submitted but not claimed (a store that claims in a second step lost the race): queue it.
+            unregister(handles);
+            self.enqueue(record);
+            return Ok(Some(result));
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let id = record.id.clone();
+            engine.run_registered(&id, Some(record), handler, handles, None).await;
+        });
+        Ok(Some(result))
     }
 
     /// Queues a task to run: at once for a type without a limit, else in submit order as slots free up.
@@ -588,43 +672,106 @@ impl TaskEngine {
             .claim_task(id, &self.inner.node, now + self.inner.lease.as_millis() as i64, now)
     }
 
-    /// Registers a run of `id` so `remove`, `cancel` and `shutdown` find it; `done` is sent at its end.
-    fn register_run(&self, id: &str) -> (CancelToken, Arc<Mutex<Option<StopReason>>>, watch::Sender<bool>) {
-        let cancel = CancelToken::new();
-        let reason = Arc::new(Mutex::new(None));
-        let (done_tx, done_rx) = watch::channel(false);
-        self.running().insert(
-            id.to_owned(),
-            Running {
-                cancel: cancel.clone(),
-                reason: reason.clone(),
-                done: done_rx,
-            },
-        );
-        (cancel, reason, done_tx)
-    }
-
     async fn claim_and_run(&self, record: &TaskRecord, handler: Arc<dyn TaskHandler>) {
         // Registered before the claim, so a `remove` racing the claim always finds the run to cancel.
-        let (cancel, reason, done_tx) = self.register_run(&record.id);
+        let (handles, entry) = RunHandles::new();
+        self.running().insert(record.id.clone(), entry);
         let claimed = match self.claim(&record.id) {
-            Ok(Some(claimed)) if !cancel.is_cancelled() => Some(claimed),
-            Ok(Some(claimed)) => {
-                // Removed or shut down between registration and claim: do not start it.
-                let _ = self.inner.store.requeue_task(&claimed.id, &self.inner.node, now_ms());
-                None
-            }
-            Ok(None) => None, // removed, or claimed elsewhere
+            Ok(claimed) => claimed, // None: removed, or claimed elsewhere
             Err(err) => {
                 tracing::error!(task = %record.id, error = %err, "cannot claim task; it stays queued");
                 None
             }
         };
+        self.run_registered(&record.id, claimed, handler, handles, None).await;
+    }
+
+    /// Runs a task claimed by this node, unless the run was stopped between its registration and now; then
+    /// removes the run `id` from `running`, signals `done`, and queues what
+    /// [`drop_unstarted`](Self::drop_unstarted) gave back, if anything.
+    async fn run_registered(
+        &self,
+        id: &str,
+        claimed: Option<TaskRecord>,
+        handler: Arc<dyn TaskHandler>,
+        handles: RunHandles,
+        resume: Option<Vec<String>>,
+    ) {
+        let RunHandles { cancel, reason, done } = handles;
+        let mut again = None;
         if let Some(claimed) = claimed {
-            self.run_claimed(claimed, handler, cancel, reason, None).await;
+            // Stopped between registration and claim (or a shutdown began that did not see this run yet):
+            // do not start it.
+            if cancel.is_cancelled() || self.inner.stopping.load(Ordering::SeqCst) {
+                again = self.drop_unstarted(&claimed, &reason);
+            } else {
+                self.run_claimed(claimed, handler, cancel, reason, resume).await;
+            }
         }
-        self.running().remove(&record.id);
-        let _ = done_tx.send(true);
+        // Gone from `running` before `done`: whoever waits for `done` (remove, cancel, shutdown) finds it gone.
+        self.running().remove(id);
+        let _ = done.send(true);
+        if let Some(record) = again {
+            self.enqueue(record);
+        }
+    }
+
+    /// A claimed task whose run was stopped before it started: cancelled on request → `cancelled`; otherwise
+    /// back to the queue in the store. Removed: the row is normally gone; if it is still there, the removal
+    /// came before a claimed submit had written it (and found nothing to remove), so the task is returned, to
+    /// be queued here once this run is unregistered: it runs as a submit after a removal should.
+    fn drop_unstarted(&self, claimed: &TaskRecord, reason: &Mutex<Option<StopReason>>) -> Option<TaskRecord> {
+        let stop = *reason.lock().unwrap_or_else(|p| p.into_inner());
+        match stop {
+            Some(StopReason::Removed) => {
+                if let Ok(true) = self.inner.store.requeue_task(&claimed.id, &self.inner.node, now_ms()) {
+                    return Some(claimed.clone());
+                }
+            }
+            Some(StopReason::Cancelled) => {
+                let end = TaskEnd {
+                    status: TaskStatus::Cancelled,
+                    result: None,
+                    error: Some("cancelled on request".into()),
+                    completed_at: now_ms(),
+                };
+                self.write_end(claimed, None, &end, "task.cancelled");
+            }
+            _ => {
+                let _ = self.inner.store.requeue_task(&claimed.id, &self.inner.node, now_ms());
+            }
+        }
+        None
+    }
+
+    /// Writes a run's end (once, as the claimant); if it applied, publishes `kind` with the record as the
+    /// store now holds it, built from the claimed record without reading it back. `false` if the end was not
+    /// written (the claim was lost, or the task removed).
+    fn write_end(&self, claimed: &TaskRecord, progress: Option<Value>, end: &TaskEnd, kind: &str) -> bool {
+        match self.inner.store.finish_task(&claimed.id, &self.inner.node, end) {
+            Ok(true) => {
+                let mut done = claimed.clone();
+                done.status = end.status;
+                done.result = end.result.clone();
+                done.error = end.error.clone();
+                done.completed_at = Some(end.completed_at);
+                done.updated_at = end.completed_at;
+                done.lease_expires_at = None;
+                if progress.is_some() {
+                    done.progress = progress;
+                }
+                self.inner.bus.publish(kind, task_json(&done));
+                true
+            }
+            Ok(false) => {
+                tracing::warn!(task = %claimed.id, "task end not written: the claim was lost or the task removed");
+                false
+            }
+            Err(err) => {
+                tracing::error!(task = %claimed.id, error = %err, "cannot record the end of a task");
+                false
+            }
+        }
     }
 
     async fn run_claimed(
@@ -636,6 +783,7 @@ impl TaskEngine {
         resume: Option<Vec<String>>,
     ) {
         self.inner.bus.publish("task.started", task_json(&record));
+        let progress = Arc::new(Mutex::new(None));
         let context = TaskContext {
             id: record.id.clone(),
             attempt: record.attempt,
@@ -643,6 +791,7 @@ impl TaskEngine {
             progress: ProgressSink {
                 store: self.inner.store.clone(),
                 node: self.inner.node.clone(),
+                last: progress.clone(),
             },
         };
         let params = record.params.clone();
@@ -664,8 +813,7 @@ impl TaskEngine {
             }
         };
         let stop = *reason.lock().unwrap_or_else(|p| p.into_inner());
-        let store = &self.inner.store;
-        let node = &self.inner.node;
+        let progress = progress.lock().unwrap_or_else(|p| p.into_inner()).take();
         match stop {
             // The row is gone; `remove` publishes the event.
             Some(StopReason::Removed) | Some(StopReason::LostClaim) => {}
@@ -676,14 +824,10 @@ impl TaskEngine {
                     error: Some("cancelled on request".into()),
                     completed_at: now_ms(),
                 };
-                if let Ok(true) = store.finish_task(&record.id, node, &end) {
-                    if let Ok(Some(done)) = store.get_task(&record.id) {
-                        self.inner.bus.publish("task.cancelled", task_json(&done));
-                    }
-                }
+                self.write_end(&record, progress, &end, "task.cancelled");
             }
             Some(StopReason::Shutdown) => {
-                if let Err(err) = store.requeue_task(&record.id, node, now_ms()) {
+                if let Err(err) = self.inner.store.requeue_task(&record.id, &self.inner.node, now_ms()) {
                     tracing::error!(task = %record.id, error = %err, "cannot requeue task at shutdown");
                 }
             }
@@ -708,22 +852,12 @@ impl TaskEngine {
                         completed_at: now_ms(),
                     },
                 };
-                match store.finish_task(&record.id, node, &end) {
-                    Ok(true) => {
-                        if let Ok(Some(done)) = store.get_task(&record.id) {
-                            let kind = if done.status == TaskStatus::Completed {
-                                "task.completed"
-                            } else {
-                                "task.failed"
-                            };
-                            self.inner.bus.publish(kind, task_json(&done));
-                        }
-                    }
-                    Ok(false) => {
-                        tracing::warn!(task = %record.id, "task end not written: the claim was lost or the task removed")
-                    }
-                    Err(err) => tracing::error!(task = %record.id, error = %err, "cannot record the end of a task"),
-                }
+                let kind = if end.status == TaskStatus::Completed {
+                    "task.completed"
+                } else {
+                    "task.failed"
+                };
+                self.write_end(&record, progress, &end, kind);
             }
         }
     }
@@ -769,8 +903,17 @@ impl TaskEngine {
     /// Waits up to `timeout` for the task to reach a terminal status; returns its record then (or as it
     /// is when the time is up). `None` for an unknown id.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Option<TaskRecord>, EngineError> {
-        let mut events = self.inner.bus.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
+        // A run on this node: wait for its end alone (no wake-up per event on the bus), then read the task
+        // below. (Not the record the run's end wrote: the run found may be one that has just ended, of a
+        // failed task that has since been submitted again.)
+        let local = self.running().get(id).map(|r| r.done.clone());
+        if let Some(mut done) = local {
+            if tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await.is_err() {
+                return self.get(id);
+            }
+        }
+        let mut events = self.inner.bus.subscribe();
         loop {
             let Some(record) = self.get(id)? else { return Ok(None) };
             if record.status.is_terminal() {
@@ -934,7 +1077,8 @@ impl TaskEngine {
             _ => return false,
         }
         tracing::info!(task = %record.id, processes = live.len(), "resuming a task whose processes survived the restart");
-        let (cancel, reason, done_tx) = self.register_run(&record.id);
+        let (handles, entry_running) = RunHandles::new();
+        self.running().insert(record.id.clone(), entry_running);
         // It holds a slot of its type's queue, as the interrupted run did.
         let limited = match &entry.queue {
             Some(queue) => {
@@ -949,9 +1093,9 @@ impl TaskEngine {
         tokio::spawn(async move {
             let id = record.id.clone();
             let task_type = record.task_type.clone();
-            engine.run_claimed(record, handler, cancel, reason, Some(live)).await;
-            engine.running().remove(&id);
-            let _ = done_tx.send(true);
+            engine
+                .run_registered(&id, Some(record), handler, handles, Some(live))
+                .await;
             if limited {
                 if let Some(TypeEntry { queue: Some(queue), .. }) = engine.inner.types.get(&task_type) {
                     let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());

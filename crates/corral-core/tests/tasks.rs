@@ -1142,3 +1142,68 @@ async fn removing_a_process_task_stops_its_process() {
     let record = processes.get(&record.id).expect("UNWRAP: the process record stays");
     assert!(record.state.is_terminal(), "{record:?}");
 }
+
+/// A type without a concurrency limit is submitted already claimed (one transaction) and runs at once; a
+/// wait on it returns the record the store holds once the run has ended (progress set by the handler
+/// included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlimited_type_is_submitted_claimed_and_a_wait_returns_the_stored_end() {
+    let (release, released) = watch::channel(false);
+    let released = Arc::new(released);
+    let engine = TaskEngine::builder()
+        .handler(
+            "step",
+            typed(move |params: Value, ctx: TaskContext| {
+                let mut released = (*released).clone();
+                async move {
+                    ctx.set_progress(json!({"stage": "started"}));
+                    let _ = released.wait_for(|r| *r).await;
+                    ctx.set_progress(json!({"stage": "done"}));
+                    if params["fail"] == true {
+                        return Err(TaskError::new("asked to fail").with_result(json!({"why": "asked"})));
+                    }
+                    Ok(json!({"echo": params}))
+                }
+            }),
+        )
+        .build(memory_store(), EventBus::new(), None)
+        .expect("UNWRAP: the engine builds");
+    let (ok, bad) = (uuid(31), uuid(32));
+    for (id, fail) in [(&ok, false), (&bad, true)] {
+        let submitted = submit(&engine, id, "step", json!({"fail": fail}));
+        let record = submitted.record();
+        assert!(submitted.is_new());
+        assert_eq!(record.status, TaskStatus::Running, "claimed in the submit");
+        assert_eq!(record.attempt, 1);
+        assert_eq!(record.claimed_by.as_deref(), Some(engine.node()));
+    }
+    // A wait that runs out returns the record as it is: still running.
+    let held = engine
+        .wait(&ok, Duration::from_millis(50))
+        .await
+        .expect("UNWRAP: answers")
+        .expect("UNWRAP: known");
+    assert_eq!(held.status, TaskStatus::Running);
+    // Waits that begin while the runs are held wait for their ends.
+    let waits: Vec<_> = [&ok, &bad]
+        .into_iter()
+        .map(|id| {
+            let (engine, id) = (engine.clone(), id.clone());
+            tokio::spawn(async move { engine.wait(&id, DEADLINE).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = release.send(true);
+    for (id, wait) in [&ok, &bad].into_iter().zip(waits) {
+        let waited = wait
+            .await
+            .expect("UNWRAP: the wait task")
+            .expect("UNWRAP: answers")
+            .expect("UNWRAP: known");
+        assert!(waited.status.is_terminal(), "{waited:?}");
+        assert_eq!(waited, task(&engine, id), "the waited record is the stored one");
+        assert_eq!(waited.progress, Some(json!({"stage": "done"})));
+    }
+    assert_eq!(task(&engine, &ok).status, TaskStatus::Completed);
+    assert_eq!(task(&engine, &bad).error.as_deref(), Some("asked to fail"));
+}

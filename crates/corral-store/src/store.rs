@@ -163,6 +163,32 @@ pub trait Store: Send + Sync {
     /// [`StoreError::InvalidInput`] for an empty id or task type.
     fn submit_task(&self, new: &NewTask) -> Result<Submitted, StoreError>;
 
+    /// [`submit_task`](Self::submit_task) for a node that will run the task at once: a task that this submit
+    /// creates or queues again is also claimed for `node`, as [`claim_task`](Self::claim_task) with `now =
+    /// new.submitted_at` would claim it (`running`, attempt + 1, `started_at`, lease until `lease_until`),
+    /// in the same transaction. [`Submitted::Existing`] is returned unchanged, as by `submit_task`.
+    ///
+    /// The default implementation submits, then claims, in two steps: if the claim fails (another node was
+    /// faster), the record is returned as submitted (`queued`). Callers run the task at once only if the
+    /// returned record is `running` and claimed by `node`, and queue it otherwise.
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit_task`](Self::submit_task) and [`claim_task`](Self::claim_task).
+    fn submit_claimed_task(&self, new: &NewTask, node: &str, lease_until: i64) -> Result<Submitted, StoreError> {
+        let submitted = self.submit_task(new)?;
+        let claim = |record: TaskRecord| -> Result<TaskRecord, StoreError> {
+            Ok(self
+                .claim_task(&record.id, node, lease_until, new.submitted_at)?
+                .unwrap_or(record))
+        };
+        Ok(match submitted {
+            Submitted::Created(record) => Submitted::Created(claim(record)?),
+            Submitted::Requeued(record) => Submitted::Requeued(claim(record)?),
+            existing @ Submitted::Existing(_) => existing,
+        })
+    }
+
     /// Claims the task `id` for `node`: `queued` → `running`, or takes over a `running` task whose lease
     /// expired (`lease_expires_at < now`). Sets `attempt += 1`, `started_at = updated_at = now`,
     /// `claimed_by = node`, `lease_expires_at = lease_until`; clears the progress of an earlier claim.

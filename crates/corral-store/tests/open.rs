@@ -205,3 +205,34 @@ fn stores_are_usable_as_trait_objects_across_threads() {
         .expect("UNWRAP: thread");
     assert!(store.get_process("t").expect("UNWRAP: get").is_some());
 }
+
+/// Commits go to the WAL; a thread of the store copies them into the database file in the background, long
+/// before SQLite's own checkpoint (inside a commit, at ~8,000 WAL pages) would.
+#[test]
+fn the_wal_is_checkpointed_in_the_background() {
+    let dir = TempDir::new("checkpoint");
+    let store = dir.open();
+    let db_size = || std::fs::metadata(dir.db()).map(|m| m.len()).unwrap_or(0);
+    let before = db_size();
+    // More calls than the store makes between two background checkpoints (256), and fewer WAL pages than
+    // SQLite's own checkpoint waits for (about 6 pages per submit).
+    for i in 0..280 {
+        crate::util::submit(&store, &format!("t{i}"), "build", i);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while db_size() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file did not grow from {before} bytes: nothing was checkpointed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The data is all there, whatever was checkpointed when.
+    assert_eq!(
+        store
+            .list_tasks(&corral_store::TaskFilter::default())
+            .expect("UNWRAP: list")
+            .len(),
+        280
+    );
+}

@@ -718,3 +718,74 @@ fn json_values_round_trip_exactly() {
         .expect("UNWRAP: finish"));
     assert_eq!(task(&store, "no-result").result, None);
 }
+
+/// `submit_claimed_task` leaves exactly what `submit_task` then `claim_task` leave, in one transaction.
+#[test]
+fn submit_claimed_is_submit_then_claim_in_one_step() {
+    let dir = TempDir::new("task-submit-claimed");
+    let one_step = dir.open();
+    let two_dir = TempDir::new("task-submit-claimed-two");
+    let two_steps = two_dir.open();
+    let both = |new: &NewTask| -> (Submitted, Submitted) {
+        let one = one_step
+            .submit_claimed_task(new, "n1", new.submitted_at + 1_000)
+            .expect("UNWRAP: submit claimed");
+        let two = match two_steps.submit_task(new).expect("UNWRAP: submit") {
+            Submitted::Created(record) => Submitted::Created(claim(&two_steps, &record.id, "n1", new.submitted_at)),
+            Submitted::Requeued(record) => Submitted::Requeued(claim(&two_steps, &record.id, "n1", new.submitted_at)),
+            existing => existing,
+        };
+        (one, two)
+    };
+
+    // New: running, attempt 1, claimed with a lease, started when submitted.
+    let (one, two) = both(&new_task("t1", "build", 1_000));
+    assert_eq!(one, two);
+    let Submitted::Created(created) = one else {
+        panic!("expected Created, got {one:?}")
+    };
+    assert_eq!(created.status, TaskStatus::Running);
+    assert_eq!(created.attempt, 1);
+    assert_eq!(created.claimed_by.as_deref(), Some("n1"));
+    assert_eq!(created.lease_expires_at, Some(2_000));
+    assert_eq!((created.started_at, created.updated_at), (Some(1_000), 1_000));
+    assert_eq!(task(&one_step, "t1"), created, "what it returns is what it stored");
+
+    // Known and running (or finished): unchanged, not claimed again.
+    let (one, two) = both(&new_task("t1", "build", 1_500));
+    assert_eq!(one, two);
+    assert_eq!(one, Submitted::Existing(created.clone()));
+
+    // The claim is a real one: only n1 may finish it.
+    let end = TaskEnd {
+        error: Some("boom".to_owned()),
+        ..task_end(TaskStatus::Failed, 1_800)
+    };
+    assert!(!one_step.finish_task("t1", "n2", &end).expect("UNWRAP: finish"));
+    for store in [&one_step, &two_steps] {
+        assert!(store.finish_task("t1", "n1", &end).expect("UNWRAP: finish"));
+    }
+
+    // Failed, submitted again: queued afresh and claimed, attempt 2, the old end cleared.
+    let (one, two) = both(&new_task("t1", "build", 3_000));
+    assert_eq!(one, two);
+    let Submitted::Requeued(again) = one else {
+        panic!("expected Requeued, got {one:?}")
+    };
+    assert_eq!(again.status, TaskStatus::Running);
+    assert_eq!(again.attempt, 2);
+    assert_eq!((again.error.as_deref(), again.completed_at), (None, None));
+    assert_eq!((again.started_at, again.lease_expires_at), (Some(3_000), Some(4_000)));
+    assert_eq!(task(&one_step, "t1"), again);
+
+    // Bad claims are refused before anything is written.
+    let err = one_step
+        .submit_claimed_task(&new_task("t2", "build", 5_000), "", 6_000)
+        .expect_err("UNWRAP: empty node refused");
+    assert_eq!(invalid_field(&err), Some("node"));
+    let err = one_step
+        .submit_claimed_task(&new_task("t2", "build", 5_000), "n1", 4_000)
+        .expect_err("UNWRAP: expired lease refused");
+    assert_eq!(invalid_field(&err), Some("lease_until"));
+    assert_eq!(one_step.get_task("t2").expect("UNWRAP: get"), None);
+}

@@ -1,6 +1,7 @@
-//! corral exec API benchmark: trivial jobs end to end (`POST /exec/bench/true`, then
-//! `GET /exec/jobs/{id}?wait=30s` until the job is finished) over the Unix socket, measured side by side with
-//! the machine's raw spawn rate and with adnanh/webhook running the same command per request.
+//! corral exec API benchmark: trivial jobs end to end over the Unix socket, in one request
+//! (`POST /exec/bench/true?wait=30s`, which answers once the job is finished) and in two
+//! (`POST /exec/bench/true`, then `GET /exec/jobs/{id}?wait=30s`), measured side by side with the machine's
+//! raw spawn rate and with adnanh/webhook running the same command per request.
 //!
 //! Run with `cargo bench -p corral --bench exec`. What each number means is in `bench/README.md` at the
 //! repository root. Settings, from the environment:
@@ -437,8 +438,10 @@ fn request(method: Method, path: &str, host: &str, body: Option<&'static [u8]>) 
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
-    /// corral: submit, then long-poll the job until it is finished.
+    /// corral: one request that submits and waits (`POST ...?wait=30s`).
     Corral,
+    /// corral: submit, then long-poll the job until it is finished (two requests).
+    CorralPoll,
     /// webhook: one request that runs the command and answers with its output.
     Webhook,
 }
@@ -447,8 +450,13 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::Corral => "corral exec",
+            Target::CorralPoll => "corral exec submit + poll",
             Target::Webhook => "webhook",
         }
+    }
+
+    fn is_corral(self) -> bool {
+        self != Target::Webhook
     }
 }
 
@@ -482,29 +490,39 @@ struct Job {
     status: String,
 }
 
-/// One corral job: `POST /exec/bench/true` (202 with a job id), then `GET /exec/jobs/{id}?wait=30s` until
-/// the job is finished. `accepted` is set once the submit was acknowledged. A job counts only if it ended
-/// `completed` with exit code 0.
-async fn corral_job(sender: &mut Sender, host: &str, accepted: &mut bool) -> Result<Job, Failure> {
+/// One corral job. In one request (`one_request`): `POST /exec/bench/true?wait=30s`, 200 with the finished
+/// job (a 202 means not finished yet: then long-poll as below). In two: `POST /exec/bench/true` (202 with a
+/// job id), then `GET /exec/jobs/{id}?wait=30s` until the job is finished. `accepted` is set once the submit
+/// was acknowledged. A job counts only if it ended `completed` with exit code 0.
+async fn corral_job(sender: &mut Sender, host: &str, accepted: &mut bool, one_request: bool) -> Result<Job, Failure> {
     let started = Instant::now();
+    let submit_path = if one_request {
+        format!("{SUBMIT_PATH}{WAIT_QUERY}")
+    } else {
+        SUBMIT_PATH.to_owned()
+    };
     let submit =
-        request(Method::POST, SUBMIT_PATH, host, Some(SUBMIT_BODY)).map_err(|e| Failure::Answer(e.to_string()))?;
+        request(Method::POST, &submit_path, host, Some(SUBMIT_BODY)).map_err(|e| Failure::Answer(e.to_string()))?;
     let (status, body) = timed_exchange(sender, submit).await?;
-    if status != StatusCode::ACCEPTED {
+    let finished = one_request && status == StatusCode::OK;
+    if status != StatusCode::ACCEPTED && !finished {
         return Err(Failure::Answer(format!(
-            "POST {SUBMIT_PATH}: {status}: {}",
+            "POST {submit_path}: {status}: {}",
             snippet(&body)
         )));
     }
-    let submit_latency = started.elapsed();
+    let submit_latency = (!one_request).then(|| started.elapsed());
     let answer = parse_json("POST", status, &body)?;
     let Some(id) = answer.get("job_id").and_then(Value::as_str) else {
         return Err(Failure::Answer(format!(
-            "POST {SUBMIT_PATH}: no job_id in {}",
+            "POST {submit_path}: no job_id in {}",
             snippet(&body)
         )));
     };
     *accepted = true;
+    if finished {
+        return finished_job(&answer, submit_latency);
+    }
     let path = format!("/exec/jobs/{id}{WAIT_QUERY}");
     loop {
         let wait = request(Method::GET, &path, host, None).map_err(|e| Failure::Answer(e.to_string()))?;
@@ -516,29 +534,36 @@ async fn corral_job(sender: &mut Sender, host: &str, accepted: &mut bool) -> Res
             )));
         }
         let job = parse_json("GET /exec/jobs/{id}", status, &body)?;
-        let job_status = job.get("status").and_then(Value::as_str).unwrap_or("?").to_owned();
-        match job_status.as_str() {
-            "accepted" | "queued" | "running" => {
-                if started.elapsed() > JOB_TIMEOUT {
-                    return Err(Failure::Answer(format!(
-                        "job still {job_status} {JOB_TIMEOUT:?} after its submit"
-                    )));
-                }
+        let job_status = job.get("status").and_then(Value::as_str).unwrap_or("?");
+        if matches!(job_status, "accepted" | "queued" | "running") {
+            if started.elapsed() > JOB_TIMEOUT {
+                return Err(Failure::Answer(format!(
+                    "job still {job_status} {JOB_TIMEOUT:?} after its submit"
+                )));
             }
-            "completed" => {
-                let exit_code = job.get("exit_code").and_then(Value::as_i64);
-                if exit_code != Some(0) {
-                    return Err(Failure::Answer(format!("job completed with exit_code {exit_code:?}")));
-                }
-                return Ok(Job {
-                    submit: Some(submit_latency),
-                    status: job_status,
-                });
+            continue;
+        }
+        return finished_job(&job, submit_latency);
+    }
+}
+
+/// A finished job's JSON: counts if `completed` with exit code 0.
+fn finished_job(job: &Value, submit: Option<Duration>) -> Result<Job, Failure> {
+    let job_status = job.get("status").and_then(Value::as_str).unwrap_or("?");
+    match job_status {
+        "completed" => {
+            let exit_code = job.get("exit_code").and_then(Value::as_i64);
+            if exit_code != Some(0) {
+                return Err(Failure::Answer(format!("job completed with exit_code {exit_code:?}")));
             }
-            other => {
-                let error = job.get("error").and_then(Value::as_str).unwrap_or("");
-                return Err(Failure::Answer(format!("job ended {other}: {error}")));
-            }
+            Ok(Job {
+                submit,
+                status: job_status.to_owned(),
+            })
+        }
+        other => {
+            let error = job.get("error").and_then(Value::as_str).unwrap_or("");
+            Err(Failure::Answer(format!("job ended {other}: {error}")))
         }
     }
 }
@@ -623,7 +648,8 @@ async fn client(server: Arc<Server>, target: Target, first: Sender, deadline: In
         let started = Instant::now();
         let mut accepted = false;
         let outcome = match target {
-            Target::Corral => corral_job(connection, &server.host, &mut accepted).await,
+            Target::Corral => corral_job(connection, &server.host, &mut accepted, true).await,
+            Target::CorralPoll => corral_job(connection, &server.host, &mut accepted, false).await,
             Target::Webhook => webhook_job(connection, &server.host).await,
         };
         tally.accepted += u64::from(accepted);
@@ -803,7 +829,7 @@ struct Bench {
 impl Bench {
     fn server(&self, target: Target) -> Option<Arc<Server>> {
         match target {
-            Target::Corral => Some(self.corral.clone()),
+            Target::Corral | Target::CorralPoll => Some(self.corral.clone()),
             Target::Webhook => self.webhook.clone(),
         }
     }
@@ -822,25 +848,25 @@ impl Bench {
             return Ok(None);
         };
         server.check_alive()?;
-        let store_before = match target {
-            Target::Corral => StoreOps::from_metrics(&self.metrics()?),
-            Target::Webhook => StoreOps::default(),
+        let store_before = if target.is_corral() {
+            StoreOps::from_metrics(&self.metrics()?)
+        } else {
+            StoreOps::default()
         };
         let before = CpuTicks::now(server.pid)?;
         let (mut tally, elapsed) = self.rt.block_on(load(server.clone(), target, clients, duration))?;
         let after = CpuTicks::now(server.pid)?;
-        let (store_ops, store_us) = match target {
-            Target::Corral => {
-                let store_after = StoreOps::from_metrics(&self.metrics()?);
-                let jobs = tally.ok.max(1) as f64;
-                (
-                    (store_after.count - store_before.count) / jobs,
-                    (store_after.seconds - store_before.seconds) * 1e6 / jobs,
-                )
-            }
-            Target::Webhook => (f64::NAN, f64::NAN),
+        let (store_ops, store_us) = if target.is_corral() {
+            let store_after = StoreOps::from_metrics(&self.metrics()?);
+            let jobs = tally.ok.max(1) as f64;
+            (
+                (store_after.count - store_before.count) / jobs,
+                (store_after.seconds - store_before.seconds) * 1e6 / jobs,
+            )
+        } else {
+            (f64::NAN, f64::NAN)
         };
-        if target == Target::Corral {
+        if target.is_corral() {
             self.accepted += tally.accepted;
             for (status, count) in &tally.statuses {
                 *self.statuses.entry(status.clone()).or_default() += count;
@@ -905,9 +931,9 @@ fn variant_name(target: Target, clients: usize) -> String {
     format!("{}, {}", target.name(), plural(clients, "client"))
 }
 
-/// The four server variants: corral then webhook, fewer clients first.
+/// The server variants: corral in one request, corral in two, then webhook, fewer clients first.
 fn variants() -> Vec<(Target, usize)> {
-    [Target::Corral, Target::Webhook]
+    [Target::Corral, Target::CorralPoll, Target::Webhook]
         .into_iter()
         .flat_map(|target| CLIENTS.map(|clients| (target, clients)))
         .collect()
@@ -1067,9 +1093,9 @@ fn measure_all(settings: Settings, dir: &Path) -> Result<(Run, Results)> {
             "round {}/{rounds} ({}) ...",
             round + 1,
             if forward {
-                "raw 1 2, corral 1 16, webhook 1 16"
+                "raw 1 2, corral 1 16, corral submit + poll 1 16, webhook 1 16"
             } else {
-                "webhook 16 1, corral 16 1, raw 2 1"
+                "webhook 16 1, corral submit + poll 16 1, corral 16 1, raw 2 1"
             }
         );
         let mut order: Vec<usize> = (0..variants.len()).collect();
@@ -1190,8 +1216,9 @@ fn report(run: &Run, results: &Results) -> Result<String, std::fmt::Error> {
     writeln!(
         out,
         "- corral: `{}` (pid {}), fresh state dir, ready with the tool loaded {:.0} ms after spawn; one job = \
-         `POST {SUBMIT_PATH}` `{{}}` (202) + `GET /exec/jobs/{{id}}{WAIT_QUERY}` until `completed` with exit code \
-         0; the command is `/bin/true`",
+         `POST {SUBMIT_PATH}{WAIT_QUERY}` `{{}}` (200 with the finished job); for \"submit + poll\" one job = \
+         `POST {SUBMIT_PATH}` `{{}}` (202) + `GET /exec/jobs/{{id}}{WAIT_QUERY}`; either until `completed` with \
+         exit code 0; the command is `/bin/true`",
         env!("CARGO_BIN_EXE_corral"),
         run.corral_pid,
         run.corral_ready.as_secs_f64() * 1e3
@@ -1265,11 +1292,11 @@ fn report(run: &Run, results: &Results) -> Result<String, std::fmt::Error> {
         let p50 = results.values(v, |s| s.p50_ms);
         let p99 = results.values(v, |s| s.p99_ms);
         let (submit_p50, submit_p99) = match target {
-            Target::Corral => (
+            Target::CorralPoll => (
                 format!("{:.2}", median(&results.values(v, |s| s.submit_p50_ms))),
                 format!("{:.2}", median(&results.values(v, |s| s.submit_p99_ms))),
             ),
-            Target::Webhook => ("-".to_owned(), "-".to_owned()),
+            Target::Corral | Target::Webhook => ("-".to_owned(), "-".to_owned()),
         };
         writeln!(
             out,
@@ -1302,29 +1329,36 @@ fn report(run: &Run, results: &Results) -> Result<String, std::fmt::Error> {
     // Per client count: the median ratio to raw and to webhook, for the summary.
     let mut to_raw: Vec<Option<f64>> = Vec::new();
     let mut to_webhook: Vec<Option<f64>> = Vec::new();
-    for (&clients, (&workers, raw)) in CLIENTS.iter().zip(RAW_WORKERS.iter().zip(&results.raw)) {
-        let corral = rates(Target::Corral, clients);
-        match (&corral, raw) {
-            (Some(corral), Ok(raw)) => {
+    for target in [Target::Corral, Target::CorralPoll] {
+        for (&clients, (&workers, raw)) in CLIENTS.iter().zip(RAW_WORKERS.iter().zip(&results.raw)) {
+            let corral = rates(target, clients);
+            let mut ratio_to_raw = None;
+            if let (Some(corral), Ok(raw)) = (&corral, raw) {
                 let values = ratios(corral, raw);
                 let name = format!(
-                    "corral exec {} / raw {} (target ≥ 0.7)",
+                    "{} {} / raw {} (target ≥ 0.7)",
+                    target.name(),
                     plural(clients, "client"),
                     plural(workers, "worker")
                 );
                 ratio_row(&mut out, &name, &values)?;
-                to_raw.push(Some(median(&values)));
+                ratio_to_raw = Some(median(&values));
             }
-            _ => to_raw.push(None),
-        }
-        match (&corral, rates(Target::Webhook, clients)) {
-            (Some(corral), Some(webhook)) => {
+            let mut ratio_to_webhook = None;
+            if let (Some(corral), Some(webhook)) = (&corral, rates(Target::Webhook, clients)) {
                 let values = ratios(corral, &webhook);
-                let name = format!("corral exec {0} / webhook {0} (target > 1)", plural(clients, "client"));
+                let name = format!(
+                    "{} {1} / webhook {1} (target > 1)",
+                    target.name(),
+                    plural(clients, "client")
+                );
                 ratio_row(&mut out, &name, &values)?;
-                to_webhook.push(Some(median(&values)));
+                ratio_to_webhook = Some(median(&values));
             }
-            _ => to_webhook.push(None),
+            if target == Target::Corral {
+                to_raw.push(ratio_to_raw);
+                to_webhook.push(ratio_to_webhook);
+            }
         }
     }
     if let (Ok(raw_many), Ok(raw_one)) = (&results.raw[1], &results.raw[0]) {
@@ -1343,7 +1377,7 @@ fn report(run: &Run, results: &Results) -> Result<String, std::fmt::Error> {
         );
         ratio_row(&mut out, &name, &ratios(raw_many, raw_one))?;
     }
-    for target in [Target::Corral, Target::Webhook] {
+    for target in [Target::Corral, Target::CorralPoll, Target::Webhook] {
         if let (Some(many), Some(one)) = (rates(target, CLIENTS[1]), rates(target, CLIENTS[0])) {
             let name = format!(
                 "{} {} clients / {}",
@@ -1367,12 +1401,13 @@ fn report(run: &Run, results: &Results) -> Result<String, std::fmt::Error> {
             continue;
         }
         let server_us = results.values(v, |s| s.cpu.server_us);
-        let (ops, store_us) = match target {
-            Target::Corral => (
+        let (ops, store_us) = if target.is_corral() {
+            (
                 format!("{:.1}", median(&results.values(v, |s| s.store_ops))),
                 format!("{:.0}", median(&results.values(v, |s| s.store_us))),
-            ),
-            Target::Webhook => ("-".to_owned(), "-".to_owned()),
+            )
+        } else {
+            ("-".to_owned(), "-".to_owned())
         };
         writeln!(
             out,

@@ -148,6 +148,72 @@ async fn timeout_stops_the_tree_and_jobs_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_and_wait_in_one_request() {
+    let daemon = daemon_with_tools("", &[]).await;
+    // Finished within the wait: 200 with the job JSON of GET /exec/jobs/{id}.
+    let (status, job) = daemon
+        .post("/exec/echo/argv?wait=60s", json!({"value": "one trip"}))
+        .await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["exit_code"], 0, "{job}");
+    assert_eq!(job["stdout"], "[one trip]\n[--flag=one trip]\n");
+    assert_eq!(job["tool"], "echo");
+    assert_eq!(job["command"], "argv");
+    let id = job["job_id"].as_str().expect("UNWRAP: id").to_owned();
+    let (status, again) = daemon.get(&format!("/exec/jobs/{id}")).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again, job, "the same job JSON as GET /exec/jobs/{{id}}");
+
+    // A job that fails is still finished: 200, with why.
+    let (status, failed) = daemon.post("/exec/echo/slow?wait=60s", json!({})).await;
+    assert_eq!(status, 200, "{failed}");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed["error"].as_str().unwrap_or("").contains("timed out"), "{failed}");
+
+    // Not finished within the wait (the job sleeps 0.6 s): 202 with the status so far, then a long poll.
+    let (status, pending) = daemon.post("/exec/echo/lines?wait=100ms", json!({})).await;
+    assert_eq!(status, 202, "{pending}");
+    assert!(
+        matches!(pending["status"].as_str(), Some("accepted" | "queued" | "running")),
+        "{pending}"
+    );
+    let id = pending["job_id"].as_str().expect("UNWRAP: id").to_owned();
+    let (_, done) = daemon.get(&format!("/exec/jobs/{id}?wait=60s")).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["stdout"], "one\ntwo\n");
+
+    // A bad query or bad args: 400, and no job is created.
+    let (_, before) = daemon.get("/tasks?type=exec").await;
+    for path in ["/exec/echo/argv?wait=soon", "/exec/echo/argv?nope=1"] {
+        let (status, err) = daemon.post(path, json!({"value": "x"})).await;
+        assert_eq!(status, 400, "{path}: {err}");
+    }
+    let (status, err) = daemon.post("/exec/echo/strict?wait=5s", json!({"name": "UPPER"})).await;
+    assert_eq!(status, 400, "{err}");
+    let (_, after) = daemon.get("/tasks?type=exec").await;
+    assert_eq!(
+        before.as_array().map(Vec::len),
+        after.as_array().map(Vec::len),
+        "no job was created"
+    );
+
+    // The CLI's --wait uses it; a failed job exits non-zero.
+    let output = daemon.cli(&["exec", "echo", "slow", "--wait"]);
+    assert_ne!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("timed out"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_tool_file_is_reported_and_the_good_ones_stay() {
     let daemon = daemon_with_tools("", &[]).await;
     let tools = daemon.dir.0.join("tools.d");

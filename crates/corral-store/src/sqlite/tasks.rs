@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 
 use rusqlite::types::{FromSql, ToSql};
 use rusqlite::{named_params, params, params_from_iter, Connection, Params, Row, Transaction, TransactionBehavior};
@@ -84,6 +85,29 @@ fn queued_query() -> String {
 /// Walks `task_claim` (covering), already in group order.
 const COUNT: &str = "SELECT status, task_type, count(*) FROM task GROUP BY status, task_type";
 
+/// A new task, unless the id is taken (then no row). Named parameters: `:id`, `:task_type`, `:params`,
+/// `:status`, `:attempt`, `:node`, `:lease_until`, `:started_at`, `:now`.
+static INSERT_NEW: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO task (id, task_type, params, status, attempt, claimed_by, lease_expires_at, started_at, \
+         submitted_at, updated_at) VALUES (:id, :task_type, :params, :status, :attempt, :node, :lease_until, \
+         :started_at, :now, :now) ON CONFLICT (id) DO NOTHING RETURNING {TASK_COLUMNS}"
+    )
+});
+
+/// `?1`: the id.
+static SELECT_BY_ID: LazyLock<String> = LazyLock::new(|| format!("SELECT {TASK_COLUMNS} FROM task WHERE id = ?1"));
+
+/// A failed task submitted again: queued (or claimed, `:claims` = 1) afresh; its attempt count goes on.
+/// Named parameters: `:id`, `:status`, `:claims`, `:node`, `:lease_until`, `:started_at`, `:now`.
+static RESUBMIT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE task SET status = :status, attempt = attempt + :claims, claimed_by = :node, \
+         lease_expires_at = :lease_until, progress = NULL, result = NULL, error = NULL, started_at = :started_at, \
+         completed_at = NULL, updated_at = :now WHERE id = :id RETURNING {TASK_COLUMNS}"
+    )
+});
+
 /// `?1`–`?3`: the terminal statuses, `?4`: the cutoff, `?5`: how many of the newest to keep. Both parts walk
 /// `task_completed`: the old ones from the oldest end, and the subquery from the newest end, skipping the `?5`
 /// newest. `+status` keeps the planner off the status indexes, which would visit every terminal task. A
@@ -93,40 +117,77 @@ const DELETE_FINISHED: &str = "DELETE FROM task WHERE +status IN (?1, ?2, ?3) AN
      ORDER BY completed_at DESC, seq DESC LIMIT -1 OFFSET ?5))";
 
 pub(super) fn submit(conn: &mut Connection, new: &NewTask) -> Result<Submitted, StoreError> {
-    const OP: &str = "submit task";
+    submit_with(conn, "submit task", new, None)
+}
+
+/// [`submit`], and a task this submit creates or queues again is claimed for `node` in the same transaction.
+pub(super) fn submit_claimed(
+    conn: &mut Connection,
+    new: &NewTask,
+    node: &str,
+    lease_until: i64,
+) -> Result<Submitted, StoreError> {
+    const OP: &str = "submit claimed task";
+    check_claim(node, lease_until, new.submitted_at)?;
+    submit_with(conn, OP, new, Some((node, lease_until)))
+}
+
+/// A new id is inserted (`INSERT … ON CONFLICT DO NOTHING`: one statement in the common case); a known one
+/// is read, and queued again if it failed. With `claim`, what is inserted or queued again is `running`
+/// instead, claimed as [`CLAIM_SET`] would leave it, with `started_at` = `submitted_at`.
+fn submit_with(
+    conn: &mut Connection,
+    op: &'static str,
+    new: &NewTask,
+    claim: Option<(&str, i64)>,
+) -> Result<Submitted, StoreError> {
     not_empty("id", &new.id)?;
     not_empty("task_type", &new.task_type)?;
     let params = to_json("params", &new.params)?;
-    let tx = begin(conn, OP)?;
-    let existing = query_one(
-        &tx,
-        OP,
-        &format!("SELECT {TASK_COLUMNS} FROM task WHERE id = ?1"),
-        [&new.id],
-    )?;
-    let submitted = match existing {
-        None => Submitted::Created(query_required(
-            &tx,
-            OP,
-            &format!(
-                "INSERT INTO task (id, task_type, params, status, attempt, submitted_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) RETURNING {TASK_COLUMNS}"
-            ),
-            params![new.id, new.task_type, params, QUEUED, new.submitted_at],
-        )?),
-        Some(existing) if existing.status == TaskStatus::Failed => Submitted::Requeued(query_required(
-            &tx,
-            OP,
-            &format!(
-                "UPDATE task SET status = ?2, claimed_by = NULL, lease_expires_at = NULL, progress = NULL, \
-                 result = NULL, error = NULL, started_at = NULL, completed_at = NULL, updated_at = ?3 \
-                 WHERE id = ?1 RETURNING {TASK_COLUMNS}"
-            ),
-            params![new.id, QUEUED, new.submitted_at],
-        )?),
-        Some(existing) => Submitted::Existing(existing),
+    let (status, attempt, node, lease_until, started_at) = match claim {
+        Some((node, lease_until)) => (RUNNING, 1, Some(node), Some(lease_until), Some(new.submitted_at)),
+        None => (QUEUED, 0, None, None, None),
     };
-    tx.commit().map_err(sql(OP))?;
+    let tx = begin(conn, op)?;
+    let inserted = query_one(
+        &tx,
+        op,
+        &INSERT_NEW,
+        named_params! {
+            ":id": new.id,
+            ":task_type": new.task_type,
+            ":params": params,
+            ":status": status,
+            ":attempt": attempt,
+            ":node": node,
+            ":lease_until": lease_until,
+            ":started_at": started_at,
+            ":now": new.submitted_at,
+        },
+    )?;
+    let submitted = match inserted {
+        Some(record) => Submitted::Created(record),
+        None => match query_one(&tx, op, &SELECT_BY_ID, [&new.id])? {
+            Some(existing) if existing.status == TaskStatus::Failed => Submitted::Requeued(query_required(
+                &tx,
+                op,
+                &RESUBMIT,
+                named_params! {
+                    ":id": new.id,
+                    ":status": status,
+                    ":claims": i64::from(claim.is_some()),
+                    ":node": node,
+                    ":lease_until": lease_until,
+                    ":started_at": started_at,
+                    ":now": new.submitted_at,
+                },
+            )?),
+            Some(existing) => Submitted::Existing(existing),
+            // Not inserted, yet not there: only if it was deleted in between, which the write lock excludes.
+            None => return Err(StoreError::from_sqlite(op, rusqlite::Error::QueryReturnedNoRows)),
+        },
+    };
+    tx.commit().map_err(sql(op))?;
     Ok(submitted)
 }
 
@@ -321,12 +382,7 @@ pub(super) fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
 }
 
 pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<TaskRecord>, StoreError> {
-    query_one(
-        conn,
-        "get task",
-        &format!("SELECT {TASK_COLUMNS} FROM task WHERE id = ?1"),
-        [id],
-    )
+    query_one(conn, "get task", &SELECT_BY_ID, [id])
 }
 
 pub(super) fn list(conn: &Connection, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {

@@ -58,7 +58,8 @@ pub(crate) async fn tools(client: &Client, json: bool) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// `corral exec TOOL CMD k=v...`.
+/// `corral exec TOOL CMD k=v...`. With `--wait`, one request submits and waits (`?wait=30s`); a job
+/// still unfinished then is long-polled like `corral job --wait`.
 pub(crate) async fn exec(
     client: &Client,
     tool: &str,
@@ -68,40 +69,61 @@ pub(crate) async fn exec(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let args: BTreeMap<String, String> = args.into_iter().collect();
-    let path = format!("/exec/{}/{}", enc(tool), enc(command));
-    let accepted: Value = client.call(Method::POST, &path, Some(&args)).await?;
-    let id = accepted
+    let mut path = format!("/exec/{}/{}", enc(tool), enc(command));
+    if wait {
+        path.push_str(WAIT_QUERY);
+    }
+    let answer: Value = client.call(Method::POST, &path, Some(&args)).await?;
+    let id = answer
         .get("job_id")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
     if !wait {
         if json {
-            println!("{accepted}");
+            println!("{answer}");
         } else {
             println!("{id}");
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if is_finished(&answer) {
+        return report(&id, &answer, true, json);
+    }
     job(client, &id, true, json).await
+}
+
+/// The long poll of one request.
+const WAIT_QUERY: &str = "?wait=30s";
+
+/// True when the job JSON says the job is over.
+fn is_finished(job: &Value) -> bool {
+    matches!(
+        job.get("status").and_then(Value::as_str),
+        Some("completed" | "failed" | "cancelled")
+    )
 }
 
 /// `corral job ID [--wait]`.
 pub(crate) async fn job(client: &Client, id: &str, wait: bool, json: bool) -> anyhow::Result<ExitCode> {
     let job = loop {
         let path = if wait {
-            format!("/exec/jobs/{}?wait=30s", enc(id))
+            format!("/exec/jobs/{}{WAIT_QUERY}", enc(id))
         } else {
             format!("/exec/jobs/{}", enc(id))
         };
         let job: Value = client.call(Method::GET, &path, None::<&()>).await?;
-        let status = job.get("status").and_then(Value::as_str).unwrap_or("");
-        if !wait || matches!(status, "completed" | "failed" | "cancelled") {
+        if !wait || is_finished(&job) {
             break job;
         }
     };
+    report(id, &job, wait, json)
+}
+
+/// Prints a job; after a wait, exits with the job's exit code.
+fn report(id: &str, job: &Value, wait: bool, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&job)?);
+        println!("{}", serde_json::to_string_pretty(job)?);
     } else if wait {
         print!("{}", job.get("stdout").and_then(Value::as_str).unwrap_or(""));
         eprint!("{}", job.get("stderr").and_then(Value::as_str).unwrap_or(""));

@@ -1,6 +1,10 @@
 //! The allowlisted exec API (tailkit compatible): `GET /tools`, `POST /exec/{tool}/{cmd}`,
 //! `GET /exec/jobs/{id}` (`?wait=30s`), `DELETE /exec/jobs/{id}`.
 //!
+//! `POST /exec/{tool}/{cmd}?wait=30s` submits and waits in one request: it answers with the job JSON of
+//! `GET /exec/jobs/{id}`, 200 once the job is finished, or 202 (`status` accepted, queued or running) when
+//! the wait ran out first; the caller then long-polls `GET /exec/jobs/{id}?wait=` as usual.
+//!
 //! A job is a durable task of type `exec`: it survives a daemon restart, and a finished one is kept at
 //! least `job_ttl`. Args are checked against the command's declaration before anything is stored, and
 //! reach the program one value per argv slot, never through a shell.
@@ -91,10 +95,13 @@ fn labels_from(headers: &HeaderMap) -> Result<BTreeMap<String, String>, AppError
 async fn submit(
     State(state): State<AppState>,
     Path((tool, cmd)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     token: Option<Extension<Token>>,
     headers: HeaderMap,
     OptionalJson(args): OptionalJson<BTreeMap<String, String>>,
 ) -> Result<Response, AppError> {
+    // Checked before anything is stored: a bad query changes nothing.
+    let wait = wait_param(query.as_deref(), MAX_WAIT)?;
     let index = state.inner.tools.current();
     let spec = index
         .lookup(&tool, &cmd)
@@ -134,11 +141,26 @@ async fn submit(
         job_id = %job_id,
         "exec job accepted"
     );
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"job_id": job_id, "status": "accepted"})),
-    )
-        .into_response())
+    let Some(wait) = wait else {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"job_id": job_id, "status": "accepted"})),
+        )
+            .into_response());
+    };
+    // Submit and wait: the job JSON, 200 once finished, else 202 with the status so far.
+    let record = state
+        .inner
+        .tasks
+        .wait(&job_id, wait)
+        .await?
+        .ok_or_else(|| AppError::not_found(format!("job {job_id} was removed while waited for")))?;
+    let status = if record.status.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(job_json(&record))).into_response())
 }
 
 /// The job JSON of SPEC.md from the task record.

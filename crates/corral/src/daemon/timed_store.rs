@@ -68,6 +68,9 @@ impl Store for TimedStore {
     fn submit_task(&self, new: &NewTask) -> Result<Submitted, StoreError> {
         self.timed(|s| s.submit_task(new))
     }
+    fn submit_claimed_task(&self, new: &NewTask, node: &str, lease_until: i64) -> Result<Submitted, StoreError> {
+        self.timed(|s| s.submit_claimed_task(new, node, lease_until))
+    }
     fn claim_task(&self, id: &str, node: &str, lease_until: i64, now: i64) -> Result<Option<TaskRecord>, StoreError> {
         self.timed(|s| s.claim_task(id, node, lease_until, now))
     }
