@@ -181,14 +181,19 @@ impl Pump {
         if let Some(prefill) = prefill {
             sink.take_chunk(&prefill.into(), &mut splitter, &mut log_failed);
         }
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // The read buffer exists only while the pipe has data: an idle process (most long-running ones)
+        // then costs no buffer at all, instead of a resident page of 128 KiB reserved per stream.
+        let mut buf = BytesMut::new();
         loop {
+            if buf.capacity() == 0 {
+                receiver.readable().await?;
+            }
             buf.reserve(READ_CHUNK);
             let n = match receiver.try_read_buf(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    receiver.readable().await?;
+                    buf = BytesMut::new();
                     continue;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,

@@ -101,6 +101,17 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         SqliteStore::open(&config.store_path)
             .with_context(|| format!("cannot open the store {}", config.store_path.display()))?,
     );
+    // Each supervised process costs about three descriptors; the usual soft limit (1,024) would stop us
+    // near 330 processes with "Too many open files".
+    match corral_proc::raise_open_files_limit() {
+        Some(limit) if limit < 4096 => tracing::warn!(
+            limit,
+            "open files limited to {limit} (hard limit): at most about {} processes; raise LimitNOFILE",
+            limit / 3
+        ),
+        Some(limit) => tracing::debug!(limit, "open files limit"),
+        None => {}
+    }
     if let Err(err) = corral_proc::reaper::enable_subreaper() {
         tracing::warn!(error = %err, "cannot become a child subreaper; orphans go to init");
     }

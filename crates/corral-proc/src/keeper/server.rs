@@ -35,8 +35,6 @@ const KIND_STDERR: u64 = 2;
 
 /// A daemon that stops reading is dropped once this much is queued for it.
 const OUTBOX_LIMIT: usize = 64 << 20;
-/// Soft limit on open files the keeper raises itself to (when the hard limit allows): three per child.
-const FD_LIMIT: u64 = 1 << 16;
 /// Reads per readiness event, so one chatty stream cannot starve the rest of the loop.
 const READS_PER_EVENT: usize = 16;
 
@@ -145,7 +143,7 @@ fn valid_id(id: &str) -> bool {
 impl Keeper {
     fn open(socket_path: &Path, spool_dir: &Path) -> io::Result<Keeper> {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
-        raise_fd_limit();
+        crate::limits::raise_open_files_limit();
         fs::create_dir_all(spool_dir)?;
         fs::set_permissions(spool_dir, fs::Permissions::from_mode(0o700))?;
 
@@ -978,24 +976,6 @@ fn abandon(pid: u32, pidfd: Option<&OwnedFd>) {
     }
     if let Some(pid) = Pid::from_raw(pid as i32) {
         let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-    }
-}
-
-/// Each child holds a pidfd and up to two pipe read ends: the default soft limit of 1024 would stop the
-/// keeper near 340 children. Raise it towards the hard limit, capped (children inherit it).
-fn raise_fd_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let Some(current) = limit.current else { return };
-    let target = limit.maximum.map_or(FD_LIMIT, |max| max.min(FD_LIMIT));
-    if target > current {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(target),
-                maximum: limit.maximum,
-            },
-        );
     }
 }
 
