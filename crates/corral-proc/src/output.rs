@@ -17,8 +17,9 @@ use crate::event::{EventKind, EventSender, Stream};
 use crate::lines::LineSplitter;
 use crate::ring::RingBuffer;
 
-/// Bytes asked of the kernel per read.
-const READ_CHUNK: usize = 128 * 1024;
+/// Bytes asked of the kernel per read: a pipe holds 64 KiB (unless resized), so a read never returns more,
+/// and a buffer of this size comes from the heap, while 128 KiB would be an `mmap` + `munmap` per stream.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// A log file that captured output is appended to, with optional size-based rotation.
 ///
@@ -182,7 +183,7 @@ impl Pump {
             sink.take_chunk(&prefill.into(), &mut splitter, &mut log_failed);
         }
         // The read buffer exists only while the pipe has data: an idle process (most long-running ones)
-        // then costs no buffer at all, instead of a resident page of 128 KiB reserved per stream.
+        // then costs no buffer at all, instead of a resident page reserved per stream.
         let mut buf = BytesMut::new();
         loop {
             if buf.capacity() == 0 {

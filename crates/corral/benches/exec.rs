@@ -8,6 +8,7 @@
 //!
 //! - `CORRAL_BENCH_SECS` (default 3): seconds each variant runs in each round; also the length of each raw
 //!   spawn-rate reference.
+//! - `CORRAL_BENCH_KEEPER` (default 1): `0` runs the daemon with `[processes] keeper = false`.
 //! - `CORRAL_BENCH_ROUNDS` (default 3): rounds; the order alternates from round to round and the median
 //!   round is reported.
 //!
@@ -201,7 +202,12 @@ impl Server {
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc).with_context(|| format!("cannot create {}", etc.display()))?;
         let config = etc.join("corral.toml");
-        std::fs::write(&config, CORRAL_CONFIG).with_context(|| format!("cannot write {}", config.display()))?;
+        // `CORRAL_BENCH_KEEPER=0`: the daemon's own children instead of the keeper's, to see what it costs.
+        let mut text = CORRAL_CONFIG.to_owned();
+        if std::env::var("CORRAL_BENCH_KEEPER").is_ok_and(|v| v == "0") {
+            text.push_str("\n[processes]\nkeeper = false\n");
+        }
+        std::fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
         let tools = etc.join("tools.d");
         std::fs::create_dir_all(&tools)?;
         std::fs::write(tools.join("bench.toml"), TOOL_FILE)?;
