@@ -143,13 +143,16 @@ pub fn run_from_env() -> io::Result<()> {
 /// Starts a keeper process: `program args...` with [`SOCKET_ENV`] and [`SPOOL_ENV`] set, in its own
 /// session, stdio on `/dev/null`, working directory `/`; `program` must end up calling [`run_from_env`]
 /// (the daemon runs its own binary with a hidden `keeper` subcommand). Returns its pid once it accepts
-/// connections (within 10 s). Blocks meanwhile: call it before entering async code or via
+/// connections (within 10 s). Relative paths are taken from the current directory. Blocks meanwhile: call it before entering async code or via
 /// `spawn_blocking`.
 ///
 /// Fails with `AddrInUse` if a keeper already answers on `socket_path` (connect to it instead). The
 /// keeper is a child of the calling process: should it ever exit, the caller reaps it (corral's daemon
 /// does so with its orphan reaper).
 pub fn start(socket_path: &Path, spool_dir: &Path, program: &Path, args: &[&str]) -> io::Result<u32> {
+    // The keeper runs in `/`: relative paths would name other files there.
+    let socket_path = &std::path::absolute(socket_path)?;
+    let spool_dir = &std::path::absolute(spool_dir)?;
     if std::os::unix::net::UnixStream::connect(socket_path).is_ok() {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,

@@ -334,3 +334,39 @@ async fn when_the_keeper_dies_processes_still_start_and_health_says_so() {
     let (_, record) = daemon.get(&format!("/processes/{id}")).await;
     assert_eq!(record["exit_code"], 4, "{record}");
 }
+
+/// A state dir given relative to the daemon's working directory works, keeper included (the keeper runs
+/// in `/`, so it must get absolute paths).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_state_dir_works_with_the_keeper() {
+    let dir = TempDir::new();
+    let mut command = std::process::Command::new(bin());
+    command
+        .current_dir(&dir.0)
+        .args(["daemon", "--state-dir", "relative-state"]);
+    isolate(&mut command, &dir.0);
+    let log = std::fs::File::create(dir.0.join("daemon.log")).expect("UNWRAP: log");
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("UNWRAP: spawn corral daemon");
+    let state_dir = dir.0.join("relative-state");
+    let mut daemon = Daemon {
+        child: Some(child),
+        socket: state_dir.join("corral.sock"),
+        state_dir,
+        config: None,
+        dir,
+    };
+    daemon.wait_ready().await;
+    let (status, health) = daemon.get("/health").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["checks"]["keeper"]["ok"], true, "{health}");
+    assert!(daemon.state_dir.join("keeper.sock").exists());
+    let (status, record) = daemon
+        .post("/processes", json!({"command": ["sh", "-c", "exit 5"]}))
+        .await;
+    assert_eq!(status, 201, "{record}");
+}
