@@ -58,6 +58,10 @@ async fn a_slow_subscriber_misses_events_but_blocks_nobody() {
         out.to_string_lossy().ends_with("line1999\n"),
         "capture is complete whatever subscribers do"
     );
+    // `wait` returns once the final state is published; the `Exited` event follows it. The process's own
+    // channel closes only after that event went out everywhere: wait for that, so the lag is all there.
+    let mut own = process.subscribe();
+    while own.recv().await.is_some() {}
     let mut missed = 0;
     let mut exited = false;
     while let Some(received) = slow.recv().await {
