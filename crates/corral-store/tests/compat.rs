@@ -154,10 +154,8 @@ fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
-#[test]
-#[ignore = "writes tests/data/v<SCHEMA_VERSION>.sqlite; run once when a migration is added, then commit the file"]
-fn generate_artefact() {
-    let dir = TempDir::new("artefact");
+/// Writes the artefact content with this version's code into a new database in `dir`.
+fn build_artefact(dir: &TempDir) {
     {
         let store = dir.open();
         store.insert_process(&artefact_record()).expect("UNWRAP: insert");
@@ -168,10 +166,28 @@ fn generate_artefact() {
     }
     // The last connection closed: the WAL was checkpointed into the main file and removed.
     assert!(!dir.path().join("corral.db-wal").exists(), "WAL checkpointed");
+}
+
+/// Ignored because it writes into the source tree: run by hand once when a migration is added, then the
+/// file is committed. CI runs the same generator through `the_generator_builds_what_the_check_reads`.
+#[test]
+#[ignore = "writes tests/data/v<SCHEMA_VERSION>.sqlite; run once when a migration is added, then commit the file"]
+fn generate_artefact() {
+    let dir = TempDir::new("artefact");
+    build_artefact(&dir);
     let target = data_dir().join(format!("v{}.sqlite", SqliteStore::SCHEMA_VERSION));
     std::fs::create_dir_all(data_dir()).expect("UNWRAP: create tests/data");
     std::fs::copy(dir.db(), &target).expect("UNWRAP: copy artefact");
     eprintln!("wrote {}", target.display());
+}
+
+/// The generator, run into a temporary directory, makes a file the compatibility check accepts: the next
+/// artefact someone generates will be a valid one.
+#[test]
+fn the_generator_builds_what_the_check_reads() {
+    let built = TempDir::new("artefact-built");
+    build_artefact(&built);
+    check_artefact(SqliteStore::SCHEMA_VERSION, &built.db());
 }
 
 /// Every `tests/data/v<N>.sqlite`, with its version.
@@ -204,69 +220,75 @@ fn every_old_database_opens_migrates_and_reads_back() {
         SqliteStore::SCHEMA_VERSION
     );
     for (version, artefact) in artefacts {
-        // Work on a copy: the checked-in file must never be migrated.
-        let dir = TempDir::new(&format!("compat-v{version}"));
-        std::fs::copy(&artefact, dir.db()).expect("UNWRAP: copy artefact");
-        let found: i64 = raw(&dir.db())
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .expect("UNWRAP: version");
-        assert_eq!(found, version, "{} has the version its name says", artefact.display());
-
-        let store = dir.open();
-        let expected = artefact_record();
-        assert_eq!(
-            store.get_process(&expected.id).expect("UNWRAP: get"),
-            Some(expected.clone()),
-            "v{version}"
-        );
-        let mut by_label = corral_store::ProcessFilter::default();
-        by_label.labels.insert("session".to_owned(), "s-'1'".to_owned());
-        assert_eq!(
-            store.list_processes(&by_label).expect("UNWRAP: list"),
-            [expected],
-            "v{version}"
-        );
-        assert_eq!(
-            store.get_meta("boot_id").expect("UNWRAP: meta").as_deref(),
-            Some("2b7c4a3e-6f1d-4e8a-9b0c-1d2e3f4a5b6c")
-        );
-        // Tasks exist from version 2 on; older files get an empty task table.
-        let tasks = store.list_tasks(&TaskFilter::default()).expect("UNWRAP: list tasks");
-        if version >= 2 {
-            let mut expected = artefact_tasks();
-            expected.reverse();
-            assert_eq!(tasks, expected, "v{version}");
-        } else {
-            assert!(tasks.is_empty(), "v{version}");
-        }
-        // Migrated and writable.
-        store
-            .insert_process(&record("after-migration", 1, &[("session", "s-'1'")]))
-            .expect("UNWRAP: insert");
-        let new = NewTask {
-            id: "after-migration".to_owned(),
-            task_type: "build".to_owned(),
-            params: json!({}),
-            submitted_at: 1,
-        };
-        assert!(matches!(
-            store.submit_task(&new).expect("UNWRAP: submit"),
-            Submitted::Created(_)
-        ));
-        let claimed = store
-            .claim_next_task(&[], "node-c", i64::MAX, 1_767_225_700_000)
-            .expect("UNWRAP: claim next")
-            .expect("UNWRAP: something to claim");
-        if version >= 2 {
-            assert_eq!(claimed.id, artefact_tasks()[1].id, "the expired claim first");
-        } else {
-            assert_eq!(claimed.id, "after-migration");
-        }
-        store.health_check().expect("UNWRAP: healthy");
-        drop(store);
-        let migrated: i64 = raw(&dir.db())
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .expect("UNWRAP: version");
-        assert_eq!(migrated, SqliteStore::SCHEMA_VERSION);
+        check_artefact(version, &artefact);
     }
+}
+
+/// Opens a copy of `artefact` (schema `version`): it migrates, reads back what the generator wrote, and
+/// takes new writes.
+fn check_artefact(version: i64, artefact: &Path) {
+    // Work on a copy: the checked-in file must never be migrated.
+    let dir = TempDir::new(&format!("compat-v{version}"));
+    std::fs::copy(artefact, dir.db()).expect("UNWRAP: copy artefact");
+    let found: i64 = raw(&dir.db())
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .expect("UNWRAP: version");
+    assert_eq!(found, version, "{} has the version its name says", artefact.display());
+
+    let store = dir.open();
+    let expected = artefact_record();
+    assert_eq!(
+        store.get_process(&expected.id).expect("UNWRAP: get"),
+        Some(expected.clone()),
+        "v{version}"
+    );
+    let mut by_label = corral_store::ProcessFilter::default();
+    by_label.labels.insert("session".to_owned(), "s-'1'".to_owned());
+    assert_eq!(
+        store.list_processes(&by_label).expect("UNWRAP: list"),
+        [expected],
+        "v{version}"
+    );
+    assert_eq!(
+        store.get_meta("boot_id").expect("UNWRAP: meta").as_deref(),
+        Some("2b7c4a3e-6f1d-4e8a-9b0c-1d2e3f4a5b6c")
+    );
+    // Tasks exist from version 2 on; older files get an empty task table.
+    let tasks = store.list_tasks(&TaskFilter::default()).expect("UNWRAP: list tasks");
+    if version >= 2 {
+        let mut expected = artefact_tasks();
+        expected.reverse();
+        assert_eq!(tasks, expected, "v{version}");
+    } else {
+        assert!(tasks.is_empty(), "v{version}");
+    }
+    // Migrated and writable.
+    store
+        .insert_process(&record("after-migration", 1, &[("session", "s-'1'")]))
+        .expect("UNWRAP: insert");
+    let new = NewTask {
+        id: "after-migration".to_owned(),
+        task_type: "build".to_owned(),
+        params: json!({}),
+        submitted_at: 1,
+    };
+    assert!(matches!(
+        store.submit_task(&new).expect("UNWRAP: submit"),
+        Submitted::Created(_)
+    ));
+    let claimed = store
+        .claim_next_task(&[], "node-c", i64::MAX, 1_767_225_700_000)
+        .expect("UNWRAP: claim next")
+        .expect("UNWRAP: something to claim");
+    if version >= 2 {
+        assert_eq!(claimed.id, artefact_tasks()[1].id, "the expired claim first");
+    } else {
+        assert_eq!(claimed.id, "after-migration");
+    }
+    store.health_check().expect("UNWRAP: healthy");
+    drop(store);
+    let migrated: i64 = raw(&dir.db())
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .expect("UNWRAP: version");
+    assert_eq!(migrated, SqliteStore::SCHEMA_VERSION);
 }
