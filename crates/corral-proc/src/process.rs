@@ -813,7 +813,7 @@ enum LeaderEnd {
 }
 
 /// Resolves when the leader has exited.
-async fn leader_exited(leader: &Leader, pidfd: Option<&Pidfd>) -> LeaderEnd {
+async fn leader_exited(leader: &Leader, pidfd: Option<&Pidfd>, identity: &LazyIdentity) -> LeaderEnd {
     match leader {
         Leader::Own => {
             pidfd_exited(pidfd).await;
@@ -827,7 +827,10 @@ async fn leader_exited(leader: &Leader, pidfd: Option<&Pidfd>) -> LeaderEnd {
                 if pidfd.is_some() {
                     pidfd_exited(pidfd).await;
                 } else {
-                    std::future::pending::<()>().await;
+                    // No pidfd (descriptors ran out at spawn): no notification exists; poll the identity.
+                    while matches!(identity.get().check(), Ok(crate::identity::Liveness::Alive)) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
                 LeaderEnd::Kept(None)
             }
@@ -888,7 +891,7 @@ impl Actor {
             let timeout_armed = timeout_at.filter(|_| self.stop.is_none());
             tokio::select! {
                 biased;
-                exit = leader_exited(&self.leader, self.pidfd.as_ref()) => match exit {
+                exit = leader_exited(&self.leader, self.pidfd.as_ref(), &self.identity) => match exit {
                     LeaderEnd::Own => return self.reap_leader(),
                     LeaderEnd::Kept(exit) => return exit,
                 },

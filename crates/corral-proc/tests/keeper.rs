@@ -17,7 +17,9 @@ use tokio::io::AsyncReadExt;
 /// Generous deadline for conditions on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Not a test: the keeper process of the other tests. Without the keeper's environment it does nothing.
+/// Not a test: the keeper process of the other tests. Without the keeper's environment it does nothing,
+/// hence ignored; CI runs it all the same, as the keeper every other test here starts (this binary re-run
+/// with `keeper_entry --exact --ignored`).
 #[test]
 #[ignore = "the keeper process the other tests start; it runs only with their environment"]
 fn keeper_entry() {
