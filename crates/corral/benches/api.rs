@@ -20,15 +20,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::http1;
-use hyper::{header, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+use hyper::{Method, Request, StatusCode};
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 
@@ -43,28 +40,15 @@ const RAW_WORKERS: [usize; 2] = [1, 2];
 const TRUE: &str = "/bin/true";
 /// The body of every `POST /processes`.
 const START_BODY: &[u8] = br#"{"command": ["/bin/true"]}"#;
-/// A request unanswered for this long is counted as an error and its connection replaced.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the daemon may take to answer `GET /ready` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the processes of a POST load may take to be recorded as ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the daemon may take to exit after `SIGTERM`.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often readiness and the drain are polled.
-const POLL: Duration = Duration::from_millis(10);
-/// Length of each warm-up variant.
-const WARM_UP: Duration = Duration::from_millis(300);
-/// Distinct error messages kept per variant; the rest are counted under one key.
-const MAX_ERROR_KINDS: usize = 8;
-/// Lines of the daemon's log shown when it dies.
-const LOG_TAIL_LINES: usize = 30;
 
 fn main() {
-    if let Err(err) = run() {
-        eprintln!("bench failed: {err:#}");
-        std::process::exit(1);
-    }
+    exit_on_error(run());
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -78,14 +62,8 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Self> {
-        let settings = Settings {
-            secs: env_or("CORRAL_BENCH_SECS", 3.0)?,
-            rounds: env_or("CORRAL_BENCH_ROUNDS", 3)?,
-        };
-        if !(settings.secs > 0.0 && settings.secs.is_finite()) || settings.rounds == 0 {
-            bail!("CORRAL_BENCH_SECS and CORRAL_BENCH_ROUNDS must be positive");
-        }
-        Ok(settings)
+        let (secs, rounds) = secs_and_rounds(3.0, 3)?;
+        Ok(Settings { secs, rounds })
     }
 
     fn duration(&self) -> Duration {
@@ -96,29 +74,6 @@ impl Settings {
 // ---------------------------------------------------------------------------------------------------
 // The daemon under test
 // ---------------------------------------------------------------------------------------------------
-
-/// A temporary directory, removed with everything in it when dropped unless `keep` is set.
-struct TempDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!("corral-bench-api-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(TempDir { path, keep: false })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
 
 /// A `corral daemon` child process on its own state directory.
 struct Daemon {
@@ -135,18 +90,10 @@ impl Daemon {
         let state = dir.join("state");
         let log = dir.join("daemon.log");
         let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-            .arg("daemon")
-            .arg("--state-dir")
-            .arg(&state)
-            .env("CORRAL_REGISTRY_DIR", dir.join("registry"))
-            .env("XDG_CONFIG_HOME", dir.join("cfg"))
-            .env("XDG_STATE_HOME", dir.join("xdg"))
-            .env_remove("CORRAL_CONFIG")
-            .env_remove("CORRAL_STATE_DIR")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("CORRAL_LOG")
-            .env_remove("RUST_LOG")
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+        command.arg("daemon").arg("--state-dir").arg(&state);
+        isolate(&mut command, dir);
+        let child = command
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -169,15 +116,9 @@ impl Daemon {
                 "the daemon (pid {}) died: {status}\n--- last lines of its log ({}) ---\n{}",
                 self.pid,
                 self.log.display(),
-                self.log_tail()
+                log_tail(&self.log)
             ),
         }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 
     /// Polls `GET /ready` until it answers 200; returns how long that took.
@@ -191,7 +132,7 @@ impl Daemon {
             if start.elapsed() > READY_TIMEOUT {
                 bail!(
                     "the daemon was not ready after {READY_TIMEOUT:?}\n--- last lines of its log ---\n{}",
-                    self.log_tail()
+                    log_tail(&self.log)
                 );
             }
             tokio::time::sleep(POLL).await;
@@ -238,32 +179,15 @@ impl Drop for Daemon {
 // HTTP/1.1 over the Unix socket
 // ---------------------------------------------------------------------------------------------------
 
-/// One persistent HTTP/1.1 connection (keep-alive); its driver runs as a task.
-async fn connect(socket: &Path) -> Result<Sender> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("cannot connect to {}", socket.display()))?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
-fn get_request(path: &str) -> Result<Request<Full<Bytes>>> {
-    Ok(Request::builder()
-        .method(Method::GET)
-        .uri(path)
-        .header(header::HOST, "corral")
-        .body(Full::new(Bytes::new()))?)
-}
-
 /// One `GET` on a connection of its own.
 async fn get(socket: &Path, path: &str) -> Result<(StatusCode, Bytes)> {
-    let mut sender = connect(socket).await?;
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, get_request(path)?))
-        .await
-        .with_context(|| format!("GET {path}: no answer within {REQUEST_TIMEOUT:?}"))?
+    let mut sender = connect_unix(socket).await?;
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        exchange(&mut sender, daemon_request(Method::GET, path, None)?),
+    )
+    .await
+    .with_context(|| format!("GET {path}: no answer within {REQUEST_TIMEOUT:?}"))?
 }
 
 /// `GET` of a JSON document that must answer 200.
@@ -295,13 +219,8 @@ impl Route {
 
     fn request(self) -> Result<Request<Full<Bytes>>> {
         match self {
-            Route::Health => get_request("/health"),
-            Route::Start => Ok(Request::builder()
-                .method(Method::POST)
-                .uri("/processes")
-                .header(header::HOST, "corral")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from_static(START_BODY)))?),
+            Route::Health => daemon_request(Method::GET, "/health", None),
+            Route::Start => daemon_request(Method::POST, "/processes", Some(START_BODY)),
         }
     }
 
@@ -368,7 +287,7 @@ async fn client(daemon: Arc<Daemon>, route: Route, first: Sender, deadline: Inst
     while Instant::now() < deadline {
         let connection = match &mut sender {
             Some(connection) => connection,
-            None => match connect(&daemon.socket).await {
+            None => match connect_unix(&daemon.socket).await {
                 Ok(connection) => sender.insert(connection),
                 Err(err) => {
                     daemon.check_alive()?;
@@ -410,7 +329,7 @@ async fn client(daemon: Arc<Daemon>, route: Route, first: Sender, deadline: Inst
 async fn load(daemon: Arc<Daemon>, route: Route, clients: usize, duration: Duration) -> Result<(Tally, Duration)> {
     let mut senders = Vec::with_capacity(clients);
     for _ in 0..clients {
-        senders.push(connect(&daemon.socket).await?);
+        senders.push(connect_unix(&daemon.socket).await?);
     }
     let start = Instant::now();
     let deadline = start + duration;
@@ -674,7 +593,7 @@ struct Run {
 
 fn run() -> Result<()> {
     let settings = Settings::from_env()?;
-    let mut tmp = TempDir::new()?;
+    let mut tmp = BenchDir::new("api")?;
     match measure_all(settings, &tmp.path) {
         Ok((run, results)) => {
             print!("{}", report(&run, &results)?);

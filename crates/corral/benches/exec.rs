@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -35,7 +35,7 @@ use hyper::client::conn::http1;
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 
@@ -74,20 +74,9 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a server may take to exit after `SIGTERM`.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often readiness is polled.
-const POLL: Duration = Duration::from_millis(10);
-/// Length of each warm-up variant.
-const WARM_UP: Duration = Duration::from_millis(300);
-/// Distinct error messages kept per variant; the rest are counted under one key.
-const MAX_ERROR_KINDS: usize = 8;
-/// Lines of a server's log shown when it dies.
-const LOG_TAIL_LINES: usize = 30;
 
 fn main() {
-    if let Err(err) = run() {
-        eprintln!("bench failed: {err:#}");
-        std::process::exit(1);
-    }
+    exit_on_error(run());
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -101,14 +90,8 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Self> {
-        let settings = Settings {
-            secs: env_or("CORRAL_BENCH_SECS", 3.0)?,
-            rounds: env_or("CORRAL_BENCH_ROUNDS", 3)?,
-        };
-        if !(settings.secs > 0.0 && settings.secs.is_finite()) || settings.rounds == 0 {
-            bail!("CORRAL_BENCH_SECS and CORRAL_BENCH_ROUNDS must be positive");
-        }
-        Ok(settings)
+        let (secs, rounds) = secs_and_rounds(3.0, 3)?;
+        Ok(Settings { secs, rounds })
     }
 
     fn duration(&self) -> Duration {
@@ -119,29 +102,6 @@ impl Settings {
 // ---------------------------------------------------------------------------------------------------
 // The servers under test
 // ---------------------------------------------------------------------------------------------------
-
-/// A temporary directory, removed with everything in it when dropped unless `keep` is set.
-struct TempDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!("corral-bench-exec-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(TempDir { path, keep: false })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
 
 /// Where a server listens.
 #[derive(Clone)]
@@ -219,15 +179,8 @@ impl Server {
             .arg("--config")
             .arg(&config)
             .arg("--state-dir")
-            .arg(&state)
-            .env("CORRAL_REGISTRY_DIR", dir.join("registry"))
-            .env("XDG_CONFIG_HOME", dir.join("cfg"))
-            .env("XDG_STATE_HOME", dir.join("xdg"))
-            .env_remove("CORRAL_CONFIG")
-            .env_remove("CORRAL_STATE_DIR")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("CORRAL_LOG")
-            .env_remove("RUST_LOG");
+            .arg(&state);
+        isolate(&mut command, dir);
         let child = spawn_logged(command, &log).context("cannot start `corral daemon`")?;
         Ok(Server::new(
             "corral daemon",
@@ -274,15 +227,9 @@ impl Server {
                 self.name,
                 self.pid,
                 self.log.display(),
-                self.log_tail()
+                log_tail(&self.log)
             ),
         }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 
     /// Polls until the server is ready: for corral, `GET /ready` answers 200 and `GET /tools` lists a tool;
@@ -299,7 +246,7 @@ impl Server {
                 bail!(
                     "{} was not ready after {READY_TIMEOUT:?} ({last})\n--- last lines of its log ---\n{}",
                     self.name,
-                    self.log_tail()
+                    log_tail(&self.log)
                 );
             }
             tokio::time::sleep(POLL).await;
@@ -404,16 +351,7 @@ impl Drop for Server {
 /// One persistent HTTP/1.1 connection (keep-alive); its driver runs as a task.
 async fn connect(endpoint: &Endpoint) -> Result<Sender> {
     let sender = match endpoint {
-        Endpoint::Unix(socket) => {
-            let stream = UnixStream::connect(socket)
-                .await
-                .with_context(|| format!("cannot connect to {}", socket.display()))?;
-            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            sender
-        }
+        Endpoint::Unix(socket) => connect_unix(socket).await?,
         Endpoint::Tcp(addr) => {
             let stream = TcpStream::connect(addr)
                 .await
@@ -1000,7 +938,7 @@ struct Run {
 
 fn run() -> Result<()> {
     let settings = Settings::from_env()?;
-    let mut tmp = TempDir::new()?;
+    let mut tmp = BenchDir::new("exec")?;
     match measure_all(settings, &tmp.path) {
         Ok((run, results)) => {
             print!("{}", report(&run, &results)?);

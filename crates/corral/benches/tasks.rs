@@ -24,15 +24,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::http1;
-use hyper::{header, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+use hyper::{Method, Request, StatusCode};
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 
@@ -55,30 +52,17 @@ const CONFIG: &str = "[tasks]\nkeep = 1000000000\nretention = \"1000h\"\n";
 const CRASH_CLIENTS: usize = 16;
 /// How long the crash check's load runs before the daemon is killed.
 const CRASH_AFTER: Duration = Duration::from_millis(700);
-/// A request unanswered for this long is counted as an error and its connection replaced.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the daemon may take to answer `GET /ready` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the tasks of a load may take to end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the daemon may take to exit after `SIGTERM` or `SIGKILL`.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often readiness is polled.
-const POLL: Duration = Duration::from_millis(10);
 /// How often the drain is polled (each poll is a `GET /metrics`, which reads the store).
 const DRAIN_POLL: Duration = Duration::from_millis(25);
-/// Length of each warm-up variant.
-const WARM_UP: Duration = Duration::from_millis(300);
-/// Distinct error messages kept per variant; the rest are counted under one key.
-const MAX_ERROR_KINDS: usize = 8;
-/// Lines of the daemon's log shown when it dies.
-const LOG_TAIL_LINES: usize = 30;
 
 fn main() {
-    if let Err(err) = run() {
-        eprintln!("bench failed: {err:#}");
-        std::process::exit(1);
-    }
+    exit_on_error(run());
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -92,14 +76,8 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Self> {
-        let settings = Settings {
-            secs: env_or("CORRAL_BENCH_SECS", 3.0)?,
-            rounds: env_or("CORRAL_BENCH_ROUNDS", 3)?,
-        };
-        if !(settings.secs > 0.0 && settings.secs.is_finite()) || settings.rounds == 0 {
-            bail!("CORRAL_BENCH_SECS and CORRAL_BENCH_ROUNDS must be positive");
-        }
-        Ok(settings)
+        let (secs, rounds) = secs_and_rounds(3.0, 3)?;
+        Ok(Settings { secs, rounds })
     }
 
     fn duration(&self) -> Duration {
@@ -110,29 +88,6 @@ impl Settings {
 // ---------------------------------------------------------------------------------------------------
 // The daemon under test
 // ---------------------------------------------------------------------------------------------------
-
-/// A temporary directory, removed with everything in it when dropped unless `keep` is set.
-struct TempDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!("corral-bench-tasks-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(TempDir { path, keep: false })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
 
 /// A `corral daemon` child process on its own state directory.
 struct Daemon {
@@ -151,20 +106,15 @@ impl Daemon {
         std::fs::write(&config, CONFIG).with_context(|| format!("cannot write {}", config.display()))?;
         let log = dir.join(log_name);
         let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+        command
             .arg("daemon")
             .arg("--config")
             .arg(&config)
             .arg("--state-dir")
-            .arg(&state)
-            .env("CORRAL_REGISTRY_DIR", dir.join("registry"))
-            .env("XDG_CONFIG_HOME", dir.join("cfg"))
-            .env("XDG_STATE_HOME", dir.join("xdg"))
-            .env_remove("CORRAL_CONFIG")
-            .env_remove("CORRAL_STATE_DIR")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("CORRAL_LOG")
-            .env_remove("RUST_LOG")
+            .arg(&state);
+        isolate(&mut command, dir);
+        let child = command
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -187,15 +137,9 @@ impl Daemon {
                 "the daemon (pid {}) died: {status}\n--- last lines of its log ({}) ---\n{}",
                 self.pid,
                 self.log.display(),
-                self.log_tail()
+                log_tail(&self.log)
             ),
         }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 
     /// Polls `GET /ready` until it answers 200; returns how long that took.
@@ -209,7 +153,7 @@ impl Daemon {
             if start.elapsed() > READY_TIMEOUT {
                 bail!(
                     "the daemon was not ready after {READY_TIMEOUT:?}\n--- last lines of its log ---\n{}",
-                    self.log_tail()
+                    log_tail(&self.log)
                 );
             }
             tokio::time::sleep(POLL).await;
@@ -272,41 +216,15 @@ impl Drop for Daemon {
 // HTTP/1.1 over the Unix socket
 // ---------------------------------------------------------------------------------------------------
 
-/// One persistent HTTP/1.1 connection (keep-alive); its driver runs as a task.
-async fn connect(socket: &Path) -> Result<Sender> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("cannot connect to {}", socket.display()))?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
-fn get_request(path: &str) -> Result<Request<Full<Bytes>>> {
-    Ok(Request::builder()
-        .method(Method::GET)
-        .uri(path)
-        .header(header::HOST, "corral")
-        .body(Full::new(Bytes::new()))?)
-}
-
-fn post_request(path: &str, body: &'static [u8]) -> Result<Request<Full<Bytes>>> {
-    Ok(Request::builder()
-        .method(Method::POST)
-        .uri(path)
-        .header(header::HOST, "corral")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from_static(body)))?)
-}
-
 /// One `GET` on a connection of its own.
 async fn get(socket: &Path, path: &str) -> Result<(StatusCode, Bytes)> {
-    let mut sender = connect(socket).await?;
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, get_request(path)?))
-        .await
-        .with_context(|| format!("GET {path}: no answer within {REQUEST_TIMEOUT:?}"))?
+    let mut sender = connect_unix(socket).await?;
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        exchange(&mut sender, daemon_request(Method::GET, path, None)?),
+    )
+    .await
+    .with_context(|| format!("GET {path}: no answer within {REQUEST_TIMEOUT:?}"))?
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -423,8 +341,8 @@ impl Route {
 
     fn request(self) -> Result<Request<Full<Bytes>>> {
         match self {
-            Route::Known => post_request("/tasks", KNOWN_BODY),
-            Route::Submit => post_request("/tasks", SUBMIT_BODY),
+            Route::Known => daemon_request(Method::POST, "/tasks", Some(KNOWN_BODY)),
+            Route::Submit => daemon_request(Method::POST, "/tasks", Some(SUBMIT_BODY)),
         }
     }
 
@@ -518,7 +436,7 @@ async fn client(daemon: Arc<Daemon>, route: Route, first: Sender, deadline: Inst
     while Instant::now() < deadline {
         let connection = match &mut sender {
             Some(connection) => connection,
-            None => match connect(&daemon.socket).await {
+            None => match connect_unix(&daemon.socket).await {
                 Ok(connection) => sender.insert(connection),
                 Err(err) => {
                     daemon.check_alive()?;
@@ -573,7 +491,7 @@ async fn load(
 ) -> Result<(Tally, Duration)> {
     let mut senders = Vec::with_capacity(clients);
     for _ in 0..clients {
-        senders.push(connect(&daemon.socket).await?);
+        senders.push(connect_unix(&daemon.socket).await?);
     }
     let start = Instant::now();
     let deadline = start + duration;
@@ -912,9 +830,10 @@ fn crash_check(bench: &mut Bench, dir: &Path) -> Result<Crash> {
     let mut missing = Vec::new();
     let ids = std::mem::take(&mut tally.ids);
     bench.rt.block_on(async {
-        let mut sender = connect(&restarted.socket).await?;
+        let mut sender = connect_unix(&restarted.socket).await?;
         for id in ids {
-            let (status, _) = exchange(&mut sender, get_request(&format!("/tasks/{id}"))?).await?;
+            let (status, _) =
+                exchange(&mut sender, daemon_request(Method::GET, &format!("/tasks/{id}"), None)?).await?;
             if status != StatusCode::OK {
                 missing.push(id);
             }
@@ -995,7 +914,7 @@ struct Run {
 
 fn run() -> Result<()> {
     let settings = Settings::from_env()?;
-    let mut tmp = TempDir::new()?;
+    let mut tmp = BenchDir::new("tasks")?;
     match measure_all(settings, &tmp.path) {
         Ok((run, results)) => {
             print!("{}", report(&run, &results)?);
@@ -1038,8 +957,8 @@ fn measure_all(settings: Settings, dir: &Path) -> Result<(Run, Results)> {
 
     // The known id: submitted once, so that every later submit of it finds it.
     let (status, body) = bench.rt.block_on(async {
-        let mut sender = connect(&daemon.socket).await?;
-        exchange(&mut sender, post_request("/tasks", KNOWN_BODY)?).await
+        let mut sender = connect_unix(&daemon.socket).await?;
+        exchange(&mut sender, daemon_request(Method::POST, "/tasks", Some(KNOWN_BODY))?).await
     })?;
     if status != StatusCode::CREATED {
         bail!("the first submit of the known id answered {status}: {}", snippet(&body));
