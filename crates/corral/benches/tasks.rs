@@ -367,10 +367,11 @@ impl Route {
                 Ok(None)
             }
             Route::Submit => {
-                // Acknowledged means committed as queued: the answer is that row.
-                if field("status") != "queued" || field("type") != "process" {
+                // Acknowledged means committed: the answer is that row, `queued`, or already `running` when
+                // the engine claimed it in the submit's own transaction (a type without a limit).
+                if !matches!(field("status").as_str(), "queued" | "running") || field("type") != "process" {
                     return Err(format!(
-                        "{status} with status {:?} and type {:?}, not \"queued\" and \"process\"",
+                        "{status} with status {:?} and type {:?}, not \"queued\"/\"running\" and \"process\"",
                         field("status"),
                         field("type")
                     ));
