@@ -2,8 +2,9 @@
 //!
 //! [`ProcessManager`] joins corral-proc (the running process) and the [`Store`] (its record). The record is
 //! written *before* the process is reported started, and its terminal state is written exactly once, by
-//! the one watcher task of that process (the store's `finish_process` is a compare-and-set, so a racing
-//! writer changes nothing).
+//! the exit hook of that process, which runs on its supervisor task (the store's `finish_process` is a
+//! compare-and-set, so a racing writer changes nothing). No task of the manager's own waits per process:
+//! a daemon with a thousand idle children pays for their supervisors only.
 //!
 //! After a daemon restart, [`ProcessManager::reconcile`] checks every record left live: a process that is
 //! still the same one (pid + start ticks + boot id) is *recovered* (watched through a pidfd, stoppable,
@@ -20,7 +21,7 @@ use corral_proc::{
 };
 use corral_store::{ProcessEnd, ProcessFilter, ProcessRecord, ProcessStart, ProcessState, Store, StoreError};
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::events::{from_ms, now_ms, to_ms, EventBus};
 use crate::redact::redact_argv;
@@ -90,19 +91,95 @@ pub enum ProcessesError {
 enum Handle {
     Live {
         process: Process,
-        recorded: watch::Receiver<bool>,
+        tracker: Arc<Tracker>,
     },
     Recovered {
         identity: ProcessIdentity,
         pgid: u32,
-        recorded: watch::Receiver<bool>,
+        tracker: Arc<Tracker>,
     },
 }
 
 impl Handle {
-    fn recorded(&self) -> watch::Receiver<bool> {
+    fn tracker(&self) -> &Tracker {
         match self {
-            Handle::Live { recorded, .. } | Handle::Recovered { recorded, .. } => recorded.clone(),
+            Handle::Live { tracker, .. } | Handle::Recovered { tracker, .. } => tracker,
+        }
+    }
+
+    fn is_recorded(&self) -> bool {
+        self.tracker().is_recorded()
+    }
+}
+
+/// How far a process's record has got. Shared by its start (or re-attach) and its exit hook, so that the
+/// end is written after the start even when the process ends before its start is recorded.
+#[derive(Default)]
+struct Tracker {
+    phase: Mutex<Phase>,
+}
+
+#[derive(Default)]
+enum Phase {
+    /// The start is being recorded.
+    #[default]
+    Starting,
+    /// Started and recorded.
+    Running,
+    /// Ended before its start was recorded: the start writes the end.
+    EndedEarly(Finished),
+    /// The terminal state is in the store.
+    Recorded,
+}
+
+impl Tracker {
+    fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_recorded(&self) -> bool {
+        matches!(*self.phase(), Phase::Recorded)
+    }
+
+    /// The start is recorded. Returns the end if the process ended meanwhile: the caller writes it.
+    fn started(&self) -> Option<Finished> {
+        let mut phase = self.phase();
+        match std::mem::replace(&mut *phase, Phase::Running) {
+            Phase::EndedEarly(finished) => Some(finished),
+            Phase::Starting | Phase::Running => None,
+            Phase::Recorded => {
+                *phase = Phase::Recorded;
+                None
+            }
+        }
+    }
+
+    /// The process ended: true if the caller writes the end now, false if the start will.
+    fn ended(&self, finished: &Finished) -> bool {
+        let mut phase = self.phase();
+        if let Phase::Starting = *phase {
+            *phase = Phase::EndedEarly(finished.clone());
+            return false;
+        }
+        true
+    }
+
+    fn set_recorded(&self, changed: &Notify) {
+        *self.phase() = Phase::Recorded;
+        changed.notify_waiters();
+    }
+
+    /// Waits until the terminal state is in the store; `changed` is the manager's `recorded_changed`.
+    async fn wait_recorded(&self, changed: &Notify) {
+        loop {
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so an end recorded in between is not missed.
+            notified.as_mut().enable();
+            if self.is_recorded() {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -134,6 +211,8 @@ struct Inner {
     /// The keeper that parents our children, when the daemon runs one (see `corral_proc::keeper`).
     keeper: Option<Arc<keeper::Client>>,
     handles: Mutex<HashMap<String, Handle>>,
+    /// Woken whenever a process's end has been recorded (one for all: see [`Tracker::wait_recorded`]).
+    recorded_changed: Notify,
     /// Why a process is being interrupted, for its record's `error`.
     reasons: Mutex<HashMap<String, String>>,
     /// Finished processes whose handles (and captured output) are still kept, oldest first.
@@ -172,6 +251,7 @@ impl ProcessManager {
                 bus,
                 keeper,
                 handles: Mutex::new(HashMap::new()),
+                recorded_changed: Notify::new(),
                 reasons: Mutex::new(HashMap::new()),
                 finished: Mutex::new(FinishedCache::default()),
             }),
@@ -251,6 +331,8 @@ impl ProcessManager {
             command = command.timeout(timeout);
         }
         command = command.grace(request.grace.unwrap_or(DEFAULT_GRACE));
+        let tracker = Arc::new(Tracker::default());
+        command = self.on_exit(command, &tracker);
         let spawned = match &self.inner.keeper {
             Some(keeper) if keeper.is_connected() => command.spawn_kept(keeper.clone()).await,
             // No keeper, or it is gone (`keeper_connected` tells /health): our own child, so starting
@@ -288,12 +370,11 @@ impl ProcessManager {
             started_at: to_ms(process.started_at()),
         };
         let marked = self.inner.store.mark_process_started(&id, &start)?;
-        let (recorded_tx, recorded_rx) = watch::channel(false);
         self.handles().insert(
             id.clone(),
             Handle::Live {
                 process: process.clone(),
-                recorded: recorded_rx,
+                tracker: tracker.clone(),
             },
         );
         // As written, without reading it back (unless something else wrote it first).
@@ -314,46 +395,48 @@ impl ProcessManager {
                 .ok_or_else(|| ProcessesError::NotFound(id.clone()))?
         };
         self.inner.bus.publish("process.started", record_json(&record));
-        self.watch(id, process, recorded_tx, Some(record.clone()));
+        if let Some(finished) = tracker.started() {
+            self.finish_live(&process, &finished, &tracker);
+        }
         Ok(record)
     }
 
-    /// The one watcher of a live process: writes its end once it is gone, then keeps its output within
-    /// the budget of finished processes. `started`: the record as last written, if known (else the end
-    /// is published as read back).
-    fn watch(&self, id: String, process: Process, recorded_tx: watch::Sender<bool>, started: Option<ProcessRecord>) {
+    /// `command`, with the exit hook that records its end: the process's supervisor task writes the end
+    /// (or leaves it to the start, see [`Tracker`]).
+    fn on_exit(&self, command: Command, tracker: &Arc<Tracker>) -> Command {
         let manager = self.clone();
-        tokio::spawn(async move {
-            let finished = process.wait().await;
-            let killed = finished.signal() == Some(Signal::KILL);
-            manager.record_end_from(&id, started, end_of(&finished), killed);
-            let _ = recorded_tx.send(true);
-            let bytes = [Stream::Stdout, Stream::Stderr]
-                .iter()
-                .filter_map(|s| process.output(*s))
-                .map(|o| o.bytes.len())
-                .sum();
-            manager.retire(&id, bytes);
-        });
+        let tracker = tracker.clone();
+        command.on_exit(move |process, finished| {
+            if tracker.ended(finished) {
+                manager.finish_live(process, finished, &tracker);
+            }
+        })
     }
 
-    /// Writes the terminal state (once) and publishes `process.exited` (and `process.killed`).
-    fn record_end(&self, id: &str, end: ProcessEnd, killed: bool) {
-        self.record_end_from(id, None, end, killed);
+    /// A live process has ended: writes its end, then keeps its output within the budget of finished
+    /// processes.
+    fn finish_live(&self, process: &Process, finished: &Finished, tracker: &Tracker) {
+        let id = process.id().as_str();
+        let killed = finished.signal() == Some(Signal::KILL);
+        self.record_end(id, end_of(finished), killed);
+        tracker.set_recorded(&self.inner.recorded_changed);
+        let bytes = [Stream::Stdout, Stream::Stderr]
+            .iter()
+            .filter_map(|s| process.output(*s))
+            .map(|o| o.bytes.len())
+            .sum();
+        self.retire(id, bytes);
     }
 
-    /// [`record_end`](Self::record_end); with the record as `start` left it, the published record is built
-    /// from it instead of read back.
-    fn record_end_from(&self, id: &str, started: Option<ProcessRecord>, mut end: ProcessEnd, killed: bool) {
+    /// Writes the terminal state (once) and publishes `process.exited` (and `process.killed`), with the
+    /// record as read back: a live process does not keep a copy of its record in memory.
+    fn record_end(&self, id: &str, mut end: ProcessEnd, killed: bool) {
         let reason = self.inner.reasons.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         if let (ProcessState::Interrupted, Some(reason)) = (end.state, reason) {
             end.error = Some(format!("interrupted: {reason}"));
         }
         let record = match self.inner.store.finish_process(id, &end) {
-            Ok(true) => match started {
-                Some(started) => Some(ended(started, &end)),
-                None => self.inner.store.get_process(id).ok().flatten(),
-            },
+            Ok(true) => self.inner.store.get_process(id).ok().flatten(),
             Ok(false) => {
                 tracing::debug!(process = id, "terminal state already written");
                 self.inner.store.get_process(id).ok().flatten()
@@ -433,7 +516,7 @@ impl ProcessManager {
 
     fn live_handle(&self, id: &str) -> Result<Handle, ProcessesError> {
         match self.handle(id) {
-            Some(handle) if !*handle.recorded().borrow() => Ok(handle),
+            Some(handle) if !handle.is_recorded() => Ok(handle),
             Some(_) => Err(ProcessesError::NotRunning(id.to_owned())),
             None => {
                 self.get(id)?;
@@ -457,8 +540,7 @@ impl ProcessManager {
                 tokio::spawn(async move { stop_recovered(&identity, pgid, grace).await });
             }
         }
-        let mut recorded = handle.recorded();
-        let _ = recorded.wait_for(|done| *done).await;
+        handle.tracker().wait_recorded(&self.inner.recorded_changed).await;
         self.get(id)
     }
 
@@ -523,14 +605,13 @@ impl ProcessManager {
     /// through the keeper after a restart (output and exit status known). False for a process merely
     /// recovered (an earlier daemon's own child, exit status unknown), a finished or an unknown one.
     pub fn is_reattached(&self, id: &str) -> bool {
-        matches!(self.handle(id), Some(Handle::Live { recorded, .. }) if !*recorded.borrow())
+        matches!(self.handle(id), Some(handle @ Handle::Live { .. }) if !handle.is_recorded())
     }
 
     /// Waits until the record of `id` holds its terminal state.
     pub async fn wait_recorded(&self, id: &str) {
         if let Some(handle) = self.handle(id) {
-            let mut recorded = handle.recorded();
-            let _ = recorded.wait_for(|done| *done).await;
+            handle.tracker().wait_recorded(&self.inner.recorded_changed).await;
         }
     }
 
@@ -645,36 +726,39 @@ impl ProcessManager {
         } else {
             record.command.clone()
         };
-        let process = Command::new(&argv)
-            .id(record.id.as_str())
-            .grace(DEFAULT_GRACE)
+        let tracker = Arc::new(Tracker::default());
+        let command = Command::new(&argv).id(record.id.as_str()).grace(DEFAULT_GRACE);
+        let process = self
+            .on_exit(command, &tracker)
             .adopt(child, client, from_ms(started_at))
             .map_err(|err| ProcessesError::Os(err.to_string()))?;
         if record.state == ProcessState::Interrupting {
             // The earlier daemon was stopping it when it died: finish the job.
             process.start_shutdown(DEFAULT_GRACE);
         }
-        let (recorded_tx, recorded_rx) = watch::channel(false);
         self.handles().insert(
             record.id.clone(),
             Handle::Live {
                 process: process.clone(),
-                recorded: recorded_rx,
+                tracker: tracker.clone(),
             },
         );
-        self.watch(record.id.clone(), process, recorded_tx, None);
+        if let Some(finished) = tracker.started() {
+            self.finish_live(&process, &finished, &tracker);
+        }
         Ok(exited)
     }
 
     fn recover(&self, record: ProcessRecord, identity: ProcessIdentity) {
-        let (recorded_tx, recorded_rx) = watch::channel(false);
+        let tracker = Arc::new(Tracker::default());
+        tracker.started();
         let pgid = record.pgid.unwrap_or(identity.pid);
         self.handles().insert(
             record.id.clone(),
             Handle::Recovered {
                 identity: identity.clone(),
                 pgid,
-                recorded: recorded_rx,
+                tracker: tracker.clone(),
             },
         );
         let manager = self.clone();
@@ -707,7 +791,7 @@ impl ProcessManager {
                 ended_at: now_ms(),
             };
             manager.record_end(&record.id, end, false);
-            let _ = recorded_tx.send(true);
+            tracker.set_recorded(&manager.inner.recorded_changed);
             manager.retire(&record.id, 0);
         });
     }
@@ -717,7 +801,7 @@ impl ProcessManager {
         let handles: Vec<(String, Handle)> = self
             .handles()
             .iter()
-            .filter(|(_, h)| !*h.recorded().borrow())
+            .filter(|(_, h)| !h.is_recorded())
             .map(|(id, h)| (id.clone(), h.clone()))
             .collect();
         for (id, _) in &handles {
@@ -736,8 +820,7 @@ impl ProcessManager {
             }
         }
         for (_, handle) in handles {
-            let mut recorded = handle.recorded();
-            let _ = recorded.wait_for(|done| *done).await;
+            handle.tracker().wait_recorded(&self.inner.recorded_changed).await;
         }
     }
 
@@ -752,7 +835,7 @@ impl ProcessManager {
 
     /// Number of processes running now under this daemon.
     pub fn running_count(&self) -> usize {
-        self.handles().values().filter(|h| !*h.recorded().borrow()).count()
+        self.handles().values().filter(|h| !h.is_recorded()).count()
     }
 }
 
@@ -830,8 +913,8 @@ impl ProcessManager {
         for record in records {
             let handle = self.handle(&record.id);
             match handle {
-                Some(handle) if *handle.recorded().borrow() => report.unavailable += 1,
-                Some(Handle::Live { process, recorded }) => {
+                Some(handle) if handle.is_recorded() => report.unavailable += 1,
+                Some(Handle::Live { process, tracker }) => {
                     self.note_reason(&record.id, &reason);
                     self.inner.store.transition_process(
                         &record.id,
@@ -840,12 +923,12 @@ impl ProcessManager {
                     )?;
                     process.start_shutdown(grace);
                     report.signaled += 1;
-                    waits.push(recorded);
+                    waits.push(tracker);
                 }
                 Some(Handle::Recovered {
                     identity,
                     pgid,
-                    recorded,
+                    tracker,
                 }) => match identity.check() {
                     Ok(Liveness::Alive) => {
                         self.note_reason(&record.id, &reason);
@@ -856,7 +939,7 @@ impl ProcessManager {
                         )?;
                         tokio::spawn(async move { stop_recovered(&identity, pgid, grace).await });
                         report.signaled += 1;
-                        waits.push(recorded);
+                        waits.push(tracker);
                     }
                     _ => {
                         // Its watcher will see the exit; the pid is not ours to signal any more.
@@ -883,8 +966,8 @@ impl ProcessManager {
             json!({"reason": reason, "matched": report.matched, "signaled": report.signaled, "stale": report.stale}),
         );
         if wait {
-            for mut recorded in waits {
-                let _ = recorded.wait_for(|done| *done).await;
+            for tracker in waits {
+                tracker.wait_recorded(&self.inner.recorded_changed).await;
             }
         }
         Ok(report)

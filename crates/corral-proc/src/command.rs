@@ -101,7 +101,11 @@ pub struct Command {
     pub(crate) leftovers: Leftovers,
     pub(crate) id: Option<ProcessId>,
     pub(crate) shared_events: Option<broadcast::Sender<ProcessEvent>>,
+    pub(crate) on_exit: Option<ExitHook>,
 }
+
+/// A function called once a process has ended: see [`Command::on_exit`].
+pub type ExitHook = std::sync::Arc<dyn Fn(&crate::Process, &crate::Finished) + Send + Sync>;
 
 impl fmt::Debug for Command {
     // Environment values may hold secrets: show names only.
@@ -148,6 +152,7 @@ impl Command {
             leftovers: Leftovers::Stop,
             id: None,
             shared_events: None,
+            on_exit: None,
         }
     }
 
@@ -267,6 +272,15 @@ impl Command {
     /// Also sends this process's events to `sender` (a registry's or an application's bus).
     pub fn events_to(mut self, sender: broadcast::Sender<ProcessEvent>) -> Self {
         self.shared_events = Some(sender);
+        self
+    }
+
+    /// Calls `hook` once the process has ended and its group is gone, with its final state, before the
+    /// [`EventKind::Exited`](crate::EventKind::Exited) event goes out. It runs on the process's supervisor
+    /// task, in place of a task of the caller's own that would wait for the end: thousands of idle processes
+    /// then cost no waiting task each. Keep it short; a panic in it is logged and goes no further.
+    pub fn on_exit(mut self, hook: impl Fn(&crate::Process, &crate::Finished) + Send + Sync + 'static) -> Self {
+        self.on_exit = Some(std::sync::Arc::new(hook));
         self
     }
 

@@ -267,7 +267,8 @@ impl Pidfd {
 
     async fn poll_exited(&self) {
         while !self.has_exited() {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            // Boxed: this fallback must not make every future that waits on a pidfd bigger.
+            Box::pin(tokio::time::sleep(std::time::Duration::from_millis(50))).await;
         }
     }
 

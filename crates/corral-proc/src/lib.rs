@@ -60,7 +60,7 @@ mod ring;
 mod signal;
 
 pub use command::{
-    Command, Isolation, Leftovers, OutputMode, StdinMode, DEFAULT_DRAIN, DEFAULT_GRACE, DEFAULT_LINE_MAX,
+    Command, ExitHook, Isolation, Leftovers, OutputMode, StdinMode, DEFAULT_DRAIN, DEFAULT_GRACE, DEFAULT_LINE_MAX,
     DEFAULT_RING_SIZE,
 };
 pub use error::{ProcessError, SpawnError};

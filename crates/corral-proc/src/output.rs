@@ -1,7 +1,8 @@
 //! Output capture: a pipe read into a ring buffer, line events and an optional log file.
 //!
-//! One pump task per captured stream reads the pipe in large chunks. Each chunk is copied once into the
-//! stream's [`RingBuffer`] and, only when someone listens, cut into lines for an event. Nothing here
+//! One pump per captured stream reads the pipe in large chunks, polled by the process's supervisor task.
+//! Each chunk is copied once into the stream's [`RingBuffer`] and, only when someone listens, cut into
+//! lines for an event. Nothing here
 //! ever waits on a subscriber: events go to broadcast channels, which drop for a subscriber that lags.
 
 use std::fs::{self, File, OpenOptions};
@@ -9,6 +10,7 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use tokio::net::unix::pipe;
@@ -139,108 +141,133 @@ impl Capture {
     }
 }
 
-/// Everything a pump needs.
+/// Chunks a pump reads in one poll before it lets the rest of its task run: a child that writes without
+/// pause must not keep its supervisor from seeing a stop request or a timeout.
+const CHUNKS_PER_POLL: usize = 16;
+
+/// One captured stream: the pipe's read end, read in place by the process's supervisor task.
+///
+/// A pump is polled, not spawned: it has no task and no future of its own, so an idle stream costs its
+/// reactor registration and these few fields.
 pub(crate) struct Pump {
-    pub(crate) stream: Stream,
-    pub(crate) fd: OwnedFd,
-    /// Bytes that came before the pipe's (what a keeper spooled while no daemon read the pipe).
-    pub(crate) prefill: Option<Vec<u8>>,
-    pub(crate) capture: Arc<Capture>,
-    pub(crate) line_max: usize,
-    pub(crate) events: EventSender,
-    pub(crate) log: Option<Arc<Mutex<LogWriter>>>,
-}
-
-impl Pump {
-    /// Reads the pipe to end of file. Errors end the pump quietly (after a log line): the process goes on.
-    pub(crate) async fn run(self) {
-        let stream = self.stream;
-        if let Err(err) = self.run_inner().await {
-            tracing::warn!(stream = stream.as_str(), error = %err, "output capture stopped");
-        }
-    }
-
-    async fn run_inner(self) -> io::Result<()> {
-        let Pump {
-            stream,
-            fd,
-            prefill,
-            capture,
-            line_max,
-            events,
-            log,
-        } = self;
-        let sink = Sink {
-            stream,
-            capture,
-            events,
-            log,
-        };
-        let receiver = pipe::Receiver::from_owned_fd(fd)?;
-        let mut splitter = LineSplitter::new(line_max);
-        let mut log_failed = false;
-        if let Some(prefill) = prefill {
-            sink.take_chunk(&prefill.into(), &mut splitter, &mut log_failed);
-        }
-        // The read buffer exists only while the pipe has data: an idle process (most long-running ones)
-        // then costs no buffer at all, instead of a resident page reserved per stream.
-        let mut buf = BytesMut::new();
-        loop {
-            if buf.capacity() == 0 {
-                receiver.readable().await?;
-            }
-            buf.reserve(READ_CHUNK);
-            let n = match receiver.try_read_buf(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    buf = BytesMut::new();
-                    continue;
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(err),
-            };
-            let chunk = buf.split_to(n).freeze();
-            sink.take_chunk(&chunk, &mut splitter, &mut log_failed);
-        }
-        if let Some(line) = splitter.finish() {
-            if sink.events.has_listeners() {
-                sink.events.send(EventKind::Output {
-                    stream: sink.stream,
-                    lines: vec![line].into(),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Where a pump puts what it reads.
-struct Sink {
     stream: Stream,
+    /// `None` once the pipe reached end of file (or failed).
+    receiver: Option<pipe::Receiver>,
+    splitter: LineSplitter,
+    /// The read buffer; it exists only while the pipe has data, so an idle process (most long-running
+    /// ones) costs no buffer at all.
+    buf: BytesMut,
+    log_failed: bool,
     capture: Arc<Capture>,
+}
+
+/// The captured streams of one process, and where what they read goes.
+pub(crate) struct Pumps {
+    pub(crate) stdout: Option<Pump>,
+    pub(crate) stderr: Option<Pump>,
     events: EventSender,
     log: Option<Arc<Mutex<LogWriter>>>,
 }
 
-impl Sink {
+impl Pump {
+    /// A pump on `fd`. `prefill`: bytes that came before the pipe's (what a keeper spooled while no
+    /// daemon read the pipe); they are captured now. Must be called inside a tokio runtime.
+    pub(crate) fn new(
+        stream: Stream,
+        fd: OwnedFd,
+        prefill: Option<Vec<u8>>,
+        capture: Arc<Capture>,
+        line_max: usize,
+        pumps: &mut Pumps,
+    ) -> Self {
+        let receiver = pipe::Receiver::from_owned_fd(fd)
+            .map_err(|err| tracing::warn!(stream = stream.as_str(), error = %err, "cannot capture output"))
+            .ok();
+        let mut pump = Pump {
+            stream,
+            receiver,
+            splitter: LineSplitter::new(line_max),
+            buf: BytesMut::new(),
+            log_failed: false,
+            capture,
+        };
+        if let Some(prefill) = prefill {
+            pump.take_chunk(&prefill.into(), &pumps.events, pumps.log.as_ref());
+        }
+        pump
+    }
+
+    fn is_open(&self) -> bool {
+        self.receiver.is_some()
+    }
+
+    /// Reads what the pipe has; `Ready` once it is closed (end of file, or an error, logged: the process
+    /// goes on).
+    fn poll(&mut self, cx: &mut Context<'_>, events: &EventSender, log: Option<&Arc<Mutex<LogWriter>>>) -> Poll<()> {
+        let mut chunks = 0;
+        loop {
+            let Some(receiver) = &self.receiver else {
+                return Poll::Ready(());
+            };
+            if self.buf.capacity() == 0 {
+                if let Err(err) = ready!(receiver.poll_read_ready(cx)) {
+                    return self.close(events, Some(err));
+                }
+            }
+            if chunks == CHUNKS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.buf.reserve(READ_CHUNK);
+            match receiver.try_read_buf(&mut self.buf) {
+                Ok(0) => return self.close(events, None),
+                Ok(n) => {
+                    let chunk = self.buf.split_to(n).freeze();
+                    self.take_chunk(&chunk, events, log);
+                    chunks += 1;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.buf = BytesMut::new(),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return self.close(events, Some(err)),
+            }
+        }
+    }
+
+    /// Stops reading: the last unterminated line goes out, the pipe is closed.
+    fn close(&mut self, events: &EventSender, error: Option<io::Error>) -> Poll<()> {
+        if let Some(err) = error {
+            tracing::warn!(stream = self.stream.as_str(), error = %err, "output capture stopped");
+        }
+        self.receiver = None;
+        self.buf = BytesMut::new();
+        if let Some(line) = self.splitter.finish() {
+            if events.has_listeners() {
+                events.send(EventKind::Output {
+                    stream: self.stream,
+                    lines: vec![line].into(),
+                });
+            }
+        }
+        Poll::Ready(())
+    }
+
     /// One chunk read: into the ring, the log file and (only when someone listens) line events.
-    fn take_chunk(&self, chunk: &bytes::Bytes, splitter: &mut LineSplitter, log_failed: &mut bool) {
+    fn take_chunk(&mut self, chunk: &bytes::Bytes, events: &EventSender, log: Option<&Arc<Mutex<LogWriter>>>) {
         self.capture.with_ring(|ring| ring.write(chunk));
-        if let Some(log) = &self.log {
+        if let Some(log) = log {
             let mut writer = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Err(err) = writer.write(chunk) {
-                if !*log_failed {
+                if !self.log_failed {
                     tracing::warn!(error = %err, "cannot write log file; output is still captured");
-                    *log_failed = true;
+                    self.log_failed = true;
                 }
             }
         }
-        if self.events.has_listeners() {
+        if events.has_listeners() {
             let mut lines = Vec::new();
-            splitter.push(chunk, &mut lines);
+            self.splitter.push(chunk, &mut lines);
             if !lines.is_empty() {
-                self.events.send(EventKind::Output {
+                events.send(EventKind::Output {
                     stream: self.stream,
                     lines: lines.into(),
                 });
@@ -248,7 +275,51 @@ impl Sink {
         } else {
             // Nobody listens: skip the line work. A subscriber that joins mid-line gets the rest of
             // that line as its first line.
-            splitter.reset();
+            self.splitter.reset();
+        }
+    }
+}
+
+impl Pumps {
+    pub(crate) fn new(events: EventSender, log: Option<Arc<Mutex<LogWriter>>>) -> Self {
+        Pumps {
+            stdout: None,
+            stderr: None,
+            events,
+            log,
+        }
+    }
+
+    /// True while a captured stream is still open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.stdout.as_ref().is_some_and(Pump::is_open) || self.stderr.as_ref().is_some_and(Pump::is_open)
+    }
+
+    /// Reads both streams; `Ready` once both are closed.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Pumps {
+            stdout,
+            stderr,
+            events,
+            log,
+        } = self;
+        let out = stdout
+            .as_mut()
+            .map_or(Poll::Ready(()), |p| p.poll(cx, events, log.as_ref()));
+        let err = stderr
+            .as_mut()
+            .map_or(Poll::Ready(()), |p| p.poll(cx, events, log.as_ref()));
+        if out.is_ready() && err.is_ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Stops reading both streams, what is left in the pipes unread.
+    pub(crate) fn close(&mut self) {
+        for pump in [&mut self.stdout, &mut self.stderr].into_iter().flatten() {
+            let _ = pump.close(&self.events, None);
         }
     }
 }

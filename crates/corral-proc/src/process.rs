@@ -3,9 +3,10 @@
 //! # Theory of operation
 //!
 //! [`Process::spawn`] starts the child in its own process group, opens a pidfd on it and starts one
-//! supervisor task (the *actor*) plus one pump task per captured stream. The actor alone reaps the child
-//! and sends stop signals; every method on the cloneable [`Process`] handle that changes something only
-//! queues a [`Control`] message to it, so a signal can never race the reaping of the pid it targets.
+//! supervisor task (the *actor*), which also reads every captured stream (see [`Pump`]): one task per
+//! process in all. The actor alone reaps the child and sends stop signals; every method on the cloneable
+//! [`Process`] handle that changes something only queues a [`Control`] message to it, so a signal can
+//! never race the reaping of the pid it targets.
 //!
 //! The actor waits, without polling, for the pidfd to become readable (the leader exited), a control
 //! message, the timeout, or the escalation timer of a graceful stop. Once the leader has exited it is
@@ -14,21 +15,22 @@
 //! when [`Process::wait`] returns, nothing of the process is left running.
 
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Sleep;
 
-use crate::command::{classify_spawn_error, Command, Leftovers};
+use crate::command::{classify_spawn_error, Command, ExitHook, Leftovers};
 use crate::error::{ProcessError, SpawnError};
 use crate::event::{EventKind, EventSender, EventSlot, Events, ProcessId, Stream};
 use crate::group;
 use crate::identity::{Pidfd, ProcessIdentity};
 use crate::keeper;
-use crate::output::{Capture, LogWriter, Pump};
+use crate::output::{Capture, LogWriter, Pump, Pumps};
 use crate::reaper;
 use crate::signal::Signal;
 
@@ -228,6 +230,10 @@ enum Control {
 }
 
 /// What the handle shares with the actor.
+///
+/// State and control requests live here behind plain locks with a [`Notify`] each, rather than in a
+/// `watch` and an `mpsc` channel: a daemon keeps thousands of idle processes, and those two channels
+/// cost about 1.7 KiB per process (an mpsc allocates a 32-slot block up front) where these cost none.
 #[derive(Debug)]
 struct Shared {
     id: ProcessId,
@@ -235,14 +241,80 @@ struct Shared {
     pgid: u32,
     argv: Vec<String>,
     started_at: SystemTime,
-    state: watch::Receiver<State>,
-    control: mpsc::UnboundedSender<Control>,
+    /// Written by the actor only.
+    state: std::sync::Mutex<State>,
+    /// Woken (all waiters) on every change of `state`.
+    state_changed: Notify,
+    /// Requests for the actor, in order.
+    controls: std::sync::Mutex<Controls>,
+    /// Woken (one permit) on every request queued.
+    control_queued: Notify,
     stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
     stdin_piped: bool,
     stdout: Option<Arc<Capture>>,
     stderr: Option<Arc<Capture>>,
     /// Created on first subscription; closed by the actor after the final event.
     events: Arc<EventSlot>,
+}
+
+/// The actor's inbox.
+#[derive(Debug, Default)]
+struct Controls {
+    queue: std::collections::VecDeque<Control>,
+    /// Set when the actor has ended: nothing is queued any more, and requests fail as not running.
+    closed: bool,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is replaced whole under the lock, so a poisoned lock still holds a valid one.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_state(&self, state: State) {
+        *self.state() = state;
+        self.state_changed.notify_waiters();
+    }
+
+    fn controls(&self) -> std::sync::MutexGuard<'_, Controls> {
+        self.controls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `control` for the actor; gives it back if the actor has ended.
+    fn send(&self, control: Control) -> Result<(), Control> {
+        {
+            let mut controls = self.controls();
+            if controls.closed {
+                return Err(control);
+            }
+            controls.queue.push_back(control);
+        }
+        self.control_queued.notify_one();
+        Ok(())
+    }
+
+    /// The next request, waiting for one. Cancel-safe: a request is only taken from the queue in the poll
+    /// that returns it.
+    async fn next_control(&self) -> Control {
+        loop {
+            if let Some(control) = self.controls().queue.pop_front() {
+                return control;
+            }
+            // `notify_one` leaves a permit when nobody waits, so a request queued since the check above
+            // is not missed.
+            self.control_queued.notified().await;
+        }
+    }
+
+    /// No more requests: the queued ones are dropped, which fails their callers as not running.
+    fn close_controls(&self) {
+        let dropped = {
+            let mut controls = self.controls();
+            controls.closed = true;
+            std::mem::take(&mut controls.queue)
+        };
+        drop(dropped);
+    }
 }
 
 /// A cheap, cloneable handle on one supervised process. Dropping every handle does not stop the process:
@@ -443,30 +515,21 @@ impl Process {
             own: own_events.clone(),
             shared: command.shared_events.clone(),
         };
-        let mut pumps = Vec::new();
-        let mut start_pump = |stream: Stream, fd: Option<(OwnedFd, Option<Vec<u8>>)>| {
+        let mut pumps = Pumps::new(events.clone(), log);
+        let pump = |stream: Stream, fd: Option<(OwnedFd, Option<Vec<u8>>)>, pumps: &mut Pumps| {
             fd.map(|(fd, prefill)| {
                 let capture = Capture::new(command.ring_size);
-                let pump = Pump {
-                    stream,
-                    fd,
-                    prefill,
-                    capture: capture.clone(),
-                    line_max: command.line_max,
-                    events: events.clone(),
-                    log: log.clone(),
-                };
-                pumps.push(tokio::spawn(pump.run()));
-                capture
+                let pump = Pump::new(stream, fd, prefill, capture.clone(), command.line_max, pumps);
+                (pump, capture)
             })
         };
-        let stdout = start_pump(Stream::Stdout, stdout);
-        let stderr = start_pump(Stream::Stderr, stderr);
+        let (stdout_pump, stdout) = pump(Stream::Stdout, stdout, &mut pumps).unzip();
+        let (stderr_pump, stderr) = pump(Stream::Stderr, stderr, &mut pumps).unzip();
+        pumps.stdout = stdout_pump;
+        pumps.stderr = stderr_pump;
         let stdin_piped = stdin.is_some();
         let stdin = stdin.and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
 
-        let (state_tx, state_rx) = watch::channel(State::Running { started_at });
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let argv = command.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let shared = Arc::new(Shared {
             id,
@@ -474,8 +537,10 @@ impl Process {
             pgid: pid,
             argv,
             started_at,
-            state: state_rx,
-            control: control_tx,
+            state: std::sync::Mutex::new(State::Running { started_at }),
+            state_changed: Notify::new(),
+            controls: std::sync::Mutex::new(Controls::default()),
+            control_queued: Notify::new(),
             stdin: tokio::sync::Mutex::new(stdin),
             stdin_piped,
             stdout,
@@ -495,9 +560,8 @@ impl Process {
             leader,
             started_at,
             started_instant,
-            control: control_rx,
-            control_open: true,
-            state: state_tx,
+            shared: shared.clone(),
+            on_exit: command.on_exit.clone(),
             events,
             timeout: command.timeout,
             grace: command.grace,
@@ -506,6 +570,7 @@ impl Process {
             pumps,
             stop: None,
             kill_at: None,
+            timer: None,
         };
         tokio::spawn(actor.run());
         Process { shared }
@@ -544,12 +609,12 @@ impl Process {
 
     /// Its current state.
     pub fn state(&self) -> State {
-        self.shared.state.borrow().clone()
+        self.shared.state().clone()
     }
 
     /// Its current status.
     pub fn status(&self) -> Status {
-        self.shared.state.borrow().status()
+        self.shared.state().status()
     }
 
     /// True until it has finished (also while stopping).
@@ -559,7 +624,7 @@ impl Process {
 
     /// The final state, once finished.
     pub fn finished(&self) -> Option<Finished> {
-        match &*self.shared.state.borrow() {
+        match &*self.shared.state() {
             State::Finished(finished) => Some(finished.clone()),
             _ => None,
         }
@@ -567,21 +632,15 @@ impl Process {
 
     /// Waits until the process has ended, its group is gone and its output is read.
     pub async fn wait(&self) -> Finished {
-        let mut state = self.shared.state.clone();
         loop {
-            if let State::Finished(finished) = &*state.borrow_and_update() {
+            let changed = self.shared.state_changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change between the check and the await is not missed.
+            changed.as_mut().enable();
+            if let State::Finished(finished) = &*self.shared.state() {
                 return finished.clone();
             }
-            if state.changed().await.is_err() {
-                // The actor publishes the final state before it ends, so this is a panic in the actor.
-                return self.finished().unwrap_or_else(|| Finished {
-                    outcome: Outcome::Failed(Failure::Unknown),
-                    exit: None,
-                    started_at: self.shared.started_at,
-                    ended_at: SystemTime::now(),
-                    duration: self.shared.started_at.elapsed().unwrap_or_default(),
-                });
-            }
+            changed.await;
         }
     }
 
@@ -627,7 +686,6 @@ impl Process {
     async fn send_signal(&self, signal: Signal, group: bool) -> Result<(), ProcessError> {
         let (reply, answer) = oneshot::channel();
         self.shared
-            .control
             .send(Control::Signal { signal, group, reply })
             .map_err(|_| ProcessError::NotRunning)?;
         answer.await.map_err(|_| ProcessError::NotRunning)?
@@ -636,7 +694,7 @@ impl Process {
     /// Asks for a graceful stop and returns at once: `TERM` to the group, `KILL` after `grace`.
     /// Does nothing if the process has already finished.
     pub fn start_shutdown(&self, grace: Duration) {
-        let _ = self.shared.control.send(Control::Stop { grace });
+        let _ = self.shared.send(Control::Stop { grace });
     }
 
     /// Stops the whole group gracefully (`TERM`, then `KILL` after `grace`) and returns once no member
@@ -784,17 +842,63 @@ struct Actor {
     leader: Leader,
     started_at: SystemTime,
     started_instant: Instant,
-    control: mpsc::UnboundedReceiver<Control>,
-    control_open: bool,
-    state: watch::Sender<State>,
+    /// Its state and inbox, shared with the handles.
+    shared: Arc<Shared>,
+    on_exit: Option<ExitHook>,
     events: EventSender,
     timeout: Option<Duration>,
     grace: Duration,
     drain: Duration,
     leftovers: Leftovers,
-    pumps: Vec<JoinHandle<()>>,
+    /// The captured streams, read by this task alongside everything else.
+    pumps: Pumps,
     stop: Option<StopReason>,
     kill_at: Option<tokio::time::Instant>,
+    /// The one timer for every deadline (timeout, `KILL` escalation, group polling), allocated on first
+    /// use: most processes never need one, and a timer inline in the actor's future would cost every
+    /// process its size for each place it waits.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// Waits until `deadline` on `timer` (created or reset); never resolves without a deadline.
+async fn sleep_on(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Option<tokio::time::Instant>) {
+    let Some(deadline) = deadline else {
+        return std::future::pending().await;
+    };
+    let sleep = match timer {
+        Some(sleep) => {
+            sleep.as_mut().reset(deadline);
+            sleep
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+    };
+    sleep.await;
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<tokio::time::Instant>, b: Option<tokio::time::Instant>) -> Option<tokio::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Drop for Actor {
+    /// Ends the inbox, and, if the actor did not get to publish a final state (it panicked, or the runtime
+    /// shut down), publishes an unknown end, so that no [`Process::wait`] waits forever.
+    fn drop(&mut self) {
+        self.shared.close_controls();
+        let finished = matches!(*self.shared.state(), State::Finished(_));
+        if !finished {
+            self.shared.set_state(State::Finished(Finished {
+                outcome: Outcome::Failed(Failure::Unknown),
+                exit: None,
+                started_at: self.started_at,
+                ended_at: SystemTime::now(),
+                duration: self.started_instant.elapsed(),
+            }));
+        }
+    }
 }
 
 /// Resolves when the process behind `pidfd` has exited (at once without a pidfd).
@@ -829,18 +933,14 @@ async fn leader_exited(leader: &Leader, pidfd: Option<&Pidfd>, identity: &LazyId
                 } else {
                     // No pidfd (descriptors ran out at spawn): no notification exists; poll the identity.
                     while matches!(identity.get().check(), Ok(crate::identity::Liveness::Alive)) {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        // Boxed: this rare path must not make every actor's future bigger.
+                        Box::pin(tokio::time::sleep(Duration::from_secs(1))).await;
                     }
                 }
                 LeaderEnd::Kept(None)
             }
         },
     }
-}
-
-/// A deadline far enough away to mean "never" for `sleep_until`.
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
 }
 
 impl Actor {
@@ -876,7 +976,16 @@ impl Actor {
             ended_at,
             duration: self.started_instant.elapsed(),
         };
-        self.state.send_replace(State::Finished(finished.clone()));
+        self.shared.set_state(State::Finished(finished.clone()));
+        if let Some(hook) = self.on_exit.take() {
+            let process = Process {
+                shared: self.shared.clone(),
+            };
+            let call = std::panic::AssertUnwindSafe(|| hook(&process, &finished));
+            if std::panic::catch_unwind(call).is_err() {
+                tracing::error!(pid = self.pid, "the exit hook of a process panicked");
+            }
+        }
         self.events.send(EventKind::Exited(finished));
         self.events.own.close();
     }
@@ -887,25 +996,25 @@ impl Actor {
             .timeout
             .map(|t| tokio::time::Instant::from_std(self.started_instant + t));
         loop {
-            let kill_at = self.kill_at;
             let timeout_armed = timeout_at.filter(|_| self.stop.is_none());
+            let deadline = earliest(self.kill_at, timeout_armed);
             tokio::select! {
                 biased;
                 exit = leader_exited(&self.leader, self.pidfd.as_ref(), &self.identity) => match exit {
                     LeaderEnd::Own => return self.reap_leader(),
                     LeaderEnd::Kept(exit) => return exit,
                 },
-                control = self.control.recv(), if self.control_open => match control {
-                    Some(control) => self.handle(control, true),
-                    None => self.control_open = false,
-                },
-                _ = tokio::time::sleep_until(timeout_armed.unwrap_or_else(far_future)), if timeout_armed.is_some() => {
-                    self.begin_stop(StopReason::TimedOut, self.grace);
+                control = self.shared.next_control() => self.handle(control, true),
+                _ = sleep_on(&mut self.timer, deadline) => {
+                    let now = tokio::time::Instant::now();
+                    if self.kill_at.is_some_and(|at| at <= now) {
+                        self.kill_at = None;
+                        self.signal_group(Signal::KILL);
+                    } else if timeout_armed.is_some_and(|at| at <= now) {
+                        self.begin_stop(StopReason::TimedOut, self.grace);
+                    }
                 }
-                _ = tokio::time::sleep_until(kill_at.unwrap_or_else(far_future)), if kill_at.is_some() => {
-                    self.kill_at = None;
-                    self.signal_group(Signal::KILL);
-                }
+                _ = std::future::poll_fn(|cx| self.pumps.poll(cx)), if self.pumps.is_open() => {}
             }
         }
     }
@@ -950,43 +1059,41 @@ impl Actor {
             }
             self.begin_stop(StopReason::Leftovers, self.grace);
         }
+        // No notification exists for the exit of a non-child; poll, backing off, only while stopping.
         let mut delay = Duration::from_millis(1);
+        let mut check_at = tokio::time::Instant::now() + delay;
         loop {
-            let kill_at = self.kill_at;
+            let deadline = earliest(self.kill_at, Some(check_at));
             tokio::select! {
                 biased;
-                control = self.control.recv(), if self.control_open => match control {
-                    Some(control) => self.handle(control, false),
-                    None => self.control_open = false,
-                },
-                _ = tokio::time::sleep_until(kill_at.unwrap_or_else(far_future)), if kill_at.is_some() => {
-                    self.kill_at = None;
-                    self.signal_group(Signal::KILL);
-                }
-                // No notification exists for the exit of a non-child; poll, backing off, only while stopping.
-                _ = tokio::time::sleep(delay) => {
-                    if !has_members(self.pgid) {
-                        return;
+                control = self.shared.next_control() => self.handle(control, false),
+                _ = sleep_on(&mut self.timer, deadline) => {
+                    let now = tokio::time::Instant::now();
+                    if self.kill_at.is_some_and(|at| at <= now) {
+                        self.kill_at = None;
+                        self.signal_group(Signal::KILL);
                     }
-                    delay = (delay * 2).min(Duration::from_millis(100));
+                    if check_at <= now {
+                        if !has_members(self.pgid) {
+                            return;
+                        }
+                        delay = (delay * 2).min(Duration::from_millis(100));
+                        check_at = now + delay;
+                    }
                 }
+                _ = std::future::poll_fn(|cx| self.pumps.poll(cx)), if self.pumps.is_open() => {}
             }
         }
     }
 
     /// Phase 3: let the pumps read what is left in the pipes, for at most `drain`.
     async fn drain_output(&mut self) {
-        let pumps = std::mem::take(&mut self.pumps);
-        let aborts: Vec<_> = pumps.iter().map(|p| p.abort_handle()).collect();
-        let all = async {
-            for pump in pumps {
-                let _ = pump.await;
-            }
-        };
-        if tokio::time::timeout(self.drain, all).await.is_err() {
-            tracing::debug!(pid = self.pid, "output still open after the group ended; closing it");
-            for abort in aborts {
-                abort.abort();
+        let deadline = tokio::time::Instant::now() + self.drain;
+        tokio::select! {
+            _ = std::future::poll_fn(|cx| self.pumps.poll(cx)) => {}
+            _ = sleep_on(&mut self.timer, Some(deadline)) => {
+                tracing::debug!(pid = self.pid, "output still open after the group ended; closing it");
+                self.pumps.close();
             }
         }
     }
@@ -1028,7 +1135,7 @@ impl Actor {
 
     fn begin_stop(&mut self, reason: StopReason, grace: Duration) {
         self.stop = Some(reason);
-        self.state.send_replace(State::Stopping {
+        self.shared.set_state(State::Stopping {
             started_at: self.started_at,
         });
         if grace.is_zero() {

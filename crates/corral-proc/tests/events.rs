@@ -78,3 +78,72 @@ async fn a_slow_subscriber_misses_events_but_blocks_nobody() {
     assert!(missed >= 1, "the slow subscriber is told it missed events");
     assert!(exited, "and reading goes on after the gap, up to the newest events");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exit_hook_runs_once_with_the_final_state_before_the_exited_event() {
+    use std::sync::{Arc, Mutex};
+    /// What the hook saw: its argument, the process's state then, its stdout then.
+    type Seen = (corral_proc::Finished, Option<corral_proc::Finished>, Vec<u8>);
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let hook_seen = seen.clone();
+    let process = Command::new(["sh", "-c", "echo out; exit 3"])
+        .on_exit(move |process, finished| {
+            let output = process.output(Stream::Stdout).map(|o| o.bytes).unwrap_or_default();
+            hook_seen
+                .lock()
+                .expect("UNWRAP: test lock")
+                .push((finished.clone(), process.finished(), output));
+        })
+        .spawn()
+        .expect("UNWRAP: spawn");
+    let mut events = process.subscribe();
+    let finished = process.wait().await;
+    // The Exited event goes out after the hook, and the subscription ends after it (at once when the
+    // process ended before we subscribed): either way the hook has run.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+            Ok(Some(Received::Event(event))) if matches!(event.kind, EventKind::Exited(_)) => break,
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(_) => panic!("the subscription neither delivered Exited nor ended"),
+        }
+    }
+    let seen = seen.lock().expect("UNWRAP: test lock");
+    assert_eq!(seen.len(), 1, "the hook runs exactly once");
+    let (hook_finished, state_then, output) = &seen[0];
+    assert_eq!(hook_finished, &finished);
+    assert_eq!(
+        state_then.as_ref(),
+        Some(&finished),
+        "the final state is published before the hook"
+    );
+    assert_eq!(finished.exit_code(), Some(3));
+    assert_eq!(output, b"out\n", "the output is fully read before the hook");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_exit_hook_does_not_stop_the_end_from_being_published() {
+    let process = Command::new(["true"])
+        .on_exit(|_, _| panic!("hook failure"))
+        .spawn()
+        .expect("UNWRAP: spawn");
+    let mut events = process.subscribe();
+    let finished = tokio::time::timeout(Duration::from_secs(30), process.wait())
+        .await
+        .expect("UNWRAP: wait returns");
+    assert_eq!(finished.exit_code(), Some(0));
+    // The subscription still ends (after Exited, or at once if the process ended before we subscribed):
+    // the actor got past the hook.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while events.recv().await.is_some() {}
+    })
+    .await
+    .expect("UNWRAP: the subscription ends");
+    assert!(
+        matches!(
+            process.signal(corral_proc::Signal::TERM).await,
+            Err(corral_proc::ProcessError::NotRunning)
+        ),
+        "requests to an ended actor fail as not running"
+    );
+}
