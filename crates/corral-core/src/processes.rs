@@ -117,6 +117,10 @@ impl Handle {
 #[derive(Default)]
 struct Tracker {
     phase: Mutex<Phase>,
+    /// The record as its start wrote it, kept only for a process with a timeout (an exec job, a task step):
+    /// it ends by its deadline, so the copy is bounded, and its end is published without reading the record
+    /// back. Any other process may idle for months; its end reads the record back instead.
+    started: Mutex<Option<Box<ProcessRecord>>>,
 }
 
 #[derive(Default)]
@@ -162,6 +166,18 @@ impl Tracker {
             return false;
         }
         true
+    }
+
+    fn keep_record(&self, record: &ProcessRecord) {
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(record.clone()));
+    }
+
+    fn take_record(&self) -> Option<ProcessRecord> {
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(|r| *r)
     }
 
     fn set_recorded(&self, changed: &Notify) {
@@ -395,6 +411,9 @@ impl ProcessManager {
                 .ok_or_else(|| ProcessesError::NotFound(id.clone()))?
         };
         self.inner.bus.publish("process.started", record_json(&record));
+        if request.timeout.is_some() && marked {
+            tracker.keep_record(&record);
+        }
         if let Some(finished) = tracker.started() {
             self.finish_live(&process, &finished, &tracker);
         }
@@ -418,7 +437,7 @@ impl ProcessManager {
     fn finish_live(&self, process: &Process, finished: &Finished, tracker: &Tracker) {
         let id = process.id().as_str();
         let killed = finished.signal() == Some(Signal::KILL);
-        self.record_end(id, end_of(finished), killed);
+        self.record_end_from(id, tracker.take_record(), end_of(finished), killed);
         tracker.set_recorded(&self.inner.recorded_changed);
         let bytes = [Stream::Stdout, Stream::Stderr]
             .iter()
@@ -429,14 +448,23 @@ impl ProcessManager {
     }
 
     /// Writes the terminal state (once) and publishes `process.exited` (and `process.killed`), with the
-    /// record as read back: a live process does not keep a copy of its record in memory.
-    fn record_end(&self, id: &str, mut end: ProcessEnd, killed: bool) {
+    /// record as read back.
+    fn record_end(&self, id: &str, end: ProcessEnd, killed: bool) {
+        self.record_end_from(id, None, end, killed);
+    }
+
+    /// [`record_end`](Self::record_end); given the record as its start wrote it, the published record is
+    /// built from that instead of read back.
+    fn record_end_from(&self, id: &str, started: Option<ProcessRecord>, mut end: ProcessEnd, killed: bool) {
         let reason = self.inner.reasons.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         if let (ProcessState::Interrupted, Some(reason)) = (end.state, reason) {
             end.error = Some(format!("interrupted: {reason}"));
         }
         let record = match self.inner.store.finish_process(id, &end) {
-            Ok(true) => self.inner.store.get_process(id).ok().flatten(),
+            Ok(true) => match started {
+                Some(started) => Some(ended(started, &end)),
+                None => self.inner.store.get_process(id).ok().flatten(),
+            },
             Ok(false) => {
                 tracing::debug!(process = id, "terminal state already written");
                 self.inner.store.get_process(id).ok().flatten()
