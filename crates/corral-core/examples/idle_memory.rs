@@ -139,21 +139,14 @@ async fn measure(n: usize, dir: &std::path::Path) -> Result<(), Box<dyn std::err
         source: "adhoc".into(),
         ..StartRequest::default()
     };
-    let warm = manager.start(request()).await?;
+    manager.start(request()).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = snapshot();
-    let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
-        ids.push(manager.start(request()).await?.id);
+        manager.start(request()).await?;
     }
     tokio::time::sleep(settle).await;
-    report(
-        "ProcessManager with a keeper (one 36-byte id per process is the example's own)",
-        n,
-        &before,
-        &snapshot(),
-    );
-    ids.push(warm.id);
+    report("ProcessManager with a keeper", n, &before, &snapshot());
     manager.shutdown_all(Duration::ZERO).await;
     client.shutdown().await?;
     Ok(())

@@ -289,7 +289,7 @@ impl ProcessManager {
 
     /// Records and starts a process. The record exists (state `pending`) before the spawn, and is
     /// `running` with pid and identity when this returns. Once the spawn is under way it completes (record
-    /// and watcher included) even if the caller stops waiting.
+    /// and exit hook included) even if the caller stops waiting.
     pub async fn start(&self, request: StartRequest) -> Result<ProcessRecord, ProcessesError> {
         if self.inner.keeper.is_none() {
             // Nothing below awaits without a keeper: the call cannot be cut short half-way.
@@ -728,7 +728,7 @@ impl ProcessManager {
         Ok(report)
     }
 
-    /// Re-attaches a process the keeper kept: a [`Handle::Live`] again, with its watcher. Returns whether
+    /// Re-attaches a process the keeper kept: a [`Handle::Live`] again, with its exit hook. Returns whether
     /// it had already ended.
     fn reattach(
         &self,

@@ -885,18 +885,25 @@ fn earliest(a: Option<tokio::time::Instant>, b: Option<tokio::time::Instant>) ->
 
 impl Drop for Actor {
     /// Ends the inbox, and, if the actor did not get to publish a final state (it panicked, or the runtime
-    /// shut down), publishes an unknown end, so that no [`Process::wait`] waits forever.
+    /// shut down), publishes an unknown end, so that no [`Process::wait`] waits forever. After a panic the
+    /// exit hook still runs with that end, as a waiting task of the caller's would have seen it; not at a
+    /// runtime shutdown, where a kept child lives on and its owner must not record it as ended.
     fn drop(&mut self) {
         self.shared.close_controls();
         let finished = matches!(*self.shared.state(), State::Finished(_));
-        if !finished {
-            self.shared.set_state(State::Finished(Finished {
-                outcome: Outcome::Failed(Failure::Unknown),
-                exit: None,
-                started_at: self.started_at,
-                ended_at: SystemTime::now(),
-                duration: self.started_instant.elapsed(),
-            }));
+        if finished {
+            return;
+        }
+        let unknown = Finished {
+            outcome: Outcome::Failed(Failure::Unknown),
+            exit: None,
+            started_at: self.started_at,
+            ended_at: SystemTime::now(),
+            duration: self.started_instant.elapsed(),
+        };
+        self.shared.set_state(State::Finished(unknown.clone()));
+        if std::thread::panicking() {
+            self.call_exit_hook(&unknown);
         }
     }
 }
@@ -977,17 +984,22 @@ impl Actor {
             duration: self.started_instant.elapsed(),
         };
         self.shared.set_state(State::Finished(finished.clone()));
+        self.call_exit_hook(&finished);
+        self.events.send(EventKind::Exited(finished));
+        self.events.own.close();
+    }
+
+    /// Calls the exit hook, if any, once.
+    fn call_exit_hook(&mut self, finished: &Finished) {
         if let Some(hook) = self.on_exit.take() {
             let process = Process {
                 shared: self.shared.clone(),
             };
-            let call = std::panic::AssertUnwindSafe(|| hook(&process, &finished));
+            let call = std::panic::AssertUnwindSafe(|| hook(&process, finished));
             if std::panic::catch_unwind(call).is_err() {
                 tracing::error!(pid = self.pid, "the exit hook of a process panicked");
             }
         }
-        self.events.send(EventKind::Exited(finished));
-        self.events.own.close();
     }
 
     /// Phase 1: the leader runs. Ends with the leader reaped and its exit status.
@@ -1007,10 +1019,7 @@ impl Actor {
                 control = self.shared.next_control() => self.handle(control, true),
                 _ = sleep_on(&mut self.timer, deadline) => {
                     let now = tokio::time::Instant::now();
-                    if self.kill_at.is_some_and(|at| at <= now) {
-                        self.kill_at = None;
-                        self.signal_group(Signal::KILL);
-                    } else if timeout_armed.is_some_and(|at| at <= now) {
+                    if !self.kill_if_due(now) && timeout_armed.is_some_and(|at| at <= now) {
                         self.begin_stop(StopReason::TimedOut, self.grace);
                     }
                 }
@@ -1069,10 +1078,7 @@ impl Actor {
                 control = self.shared.next_control() => self.handle(control, false),
                 _ = sleep_on(&mut self.timer, deadline) => {
                     let now = tokio::time::Instant::now();
-                    if self.kill_at.is_some_and(|at| at <= now) {
-                        self.kill_at = None;
-                        self.signal_group(Signal::KILL);
-                    }
+                    self.kill_if_due(now);
                     if check_at <= now {
                         if !has_members(self.pgid) {
                             return;
@@ -1131,6 +1137,16 @@ impl Actor {
                 }
             },
         }
+    }
+
+    /// Sends the `KILL` of a graceful stop if its time has come; true if it did.
+    fn kill_if_due(&mut self, now: tokio::time::Instant) -> bool {
+        if self.kill_at.is_some_and(|at| at <= now) {
+            self.kill_at = None;
+            self.signal_group(Signal::KILL);
+            return true;
+        }
+        false
     }
 
     fn begin_stop(&mut self, reason: StopReason, grace: Duration) {
