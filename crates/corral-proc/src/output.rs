@@ -128,10 +128,10 @@ pub(crate) struct Capture {
 }
 
 impl Capture {
-    pub(crate) fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Capture {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Capture {
             ring: Mutex::new(RingBuffer::new(capacity)),
-        })
+        }
     }
 
     pub(crate) fn with_ring<T>(&self, f: impl FnOnce(&mut RingBuffer) -> T) -> T {
@@ -158,7 +158,6 @@ pub(crate) struct Pump {
     /// ones) costs no buffer at all.
     buf: BytesMut,
     log_failed: bool,
-    capture: Arc<Capture>,
 }
 
 /// The captured streams of one process, and where what they read goes.
@@ -176,7 +175,7 @@ impl Pump {
         stream: Stream,
         fd: OwnedFd,
         prefill: Option<Vec<u8>>,
-        capture: Arc<Capture>,
+        capture: &Capture,
         line_max: usize,
         pumps: &mut Pumps,
     ) -> Self {
@@ -189,10 +188,9 @@ impl Pump {
             splitter: LineSplitter::new(line_max),
             buf: BytesMut::new(),
             log_failed: false,
-            capture,
         };
         if let Some(prefill) = prefill {
-            pump.take_chunk(&prefill.into(), &pumps.events, pumps.log.as_ref());
+            pump.take_chunk(&prefill.into(), capture, &pumps.events, pumps.log.as_ref());
         }
         pump
     }
@@ -203,7 +201,13 @@ impl Pump {
 
     /// Reads what the pipe has; `Ready` once it is closed (end of file, or an error, logged: the process
     /// goes on).
-    fn poll(&mut self, cx: &mut Context<'_>, events: &EventSender, log: Option<&Arc<Mutex<LogWriter>>>) -> Poll<()> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        capture: &Capture,
+        events: &EventSender,
+        log: Option<&Arc<Mutex<LogWriter>>>,
+    ) -> Poll<()> {
         let mut chunks = 0;
         loop {
             let Some(receiver) = &self.receiver else {
@@ -223,7 +227,7 @@ impl Pump {
                 Ok(0) => return self.close(events, None),
                 Ok(n) => {
                     let chunk = self.buf.split_to(n).freeze();
-                    self.take_chunk(&chunk, events, log);
+                    self.take_chunk(&chunk, capture, events, log);
                     chunks += 1;
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.buf = BytesMut::new(),
@@ -252,8 +256,14 @@ impl Pump {
     }
 
     /// One chunk read: into the ring, the log file and (only when someone listens) line events.
-    fn take_chunk(&mut self, chunk: &bytes::Bytes, events: &EventSender, log: Option<&Arc<Mutex<LogWriter>>>) {
-        self.capture.with_ring(|ring| ring.write(chunk));
+    fn take_chunk(
+        &mut self,
+        chunk: &bytes::Bytes,
+        capture: &Capture,
+        events: &EventSender,
+        log: Option<&Arc<Mutex<LogWriter>>>,
+    ) {
+        capture.with_ring(|ring| ring.write(chunk));
         if let Some(log) = log {
             let mut writer = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Err(err) = writer.write(chunk) {
@@ -295,20 +305,26 @@ impl Pumps {
         self.stdout.as_ref().is_some_and(Pump::is_open) || self.stderr.as_ref().is_some_and(Pump::is_open)
     }
 
-    /// Reads both streams; `Ready` once both are closed.
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Reads both streams into their captures (which the process handle owns); `Ready` once both are
+    /// closed.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        stdout_capture: Option<&Capture>,
+        stderr_capture: Option<&Capture>,
+    ) -> Poll<()> {
         let Pumps {
             stdout,
             stderr,
             events,
             log,
         } = self;
-        let out = stdout
-            .as_mut()
-            .map_or(Poll::Ready(()), |p| p.poll(cx, events, log.as_ref()));
-        let err = stderr
-            .as_mut()
-            .map_or(Poll::Ready(()), |p| p.poll(cx, events, log.as_ref()));
+        let mut poll = |pump: &mut Option<Pump>, capture: Option<&Capture>| match (pump, capture) {
+            (Some(pump), Some(capture)) => pump.poll(cx, capture, events, log.as_ref()),
+            _ => Poll::Ready(()),
+        };
+        let out = poll(stdout, stdout_capture);
+        let err = poll(stderr, stderr_capture);
         if out.is_ready() && err.is_ready() {
             Poll::Ready(())
         } else {

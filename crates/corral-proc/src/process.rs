@@ -237,7 +237,7 @@ enum Control {
 #[derive(Debug)]
 struct Shared {
     id: ProcessId,
-    identity: Arc<LazyIdentity>,
+    identity: LazyIdentity,
     pgid: u32,
     argv: Vec<String>,
     started_at: SystemTime,
@@ -251,8 +251,8 @@ struct Shared {
     control_queued: Notify,
     stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
     stdin_piped: bool,
-    stdout: Option<Arc<Capture>>,
-    stderr: Option<Arc<Capture>>,
+    stdout: Option<Capture>,
+    stderr: Option<Capture>,
     /// Created on first subscription; closed by the actor after the final event.
     events: Arc<EventSlot>,
 }
@@ -365,7 +365,7 @@ impl Process {
                 pid,
                 // The identity (start ticks from /proc) is read on first use, or by the actor before it
                 // reaps: reading it here would cost every spawn a /proc read that can wait on the exec.
-                identity: Arc::new(LazyIdentity::new(pid)),
+                identity: LazyIdentity::new(pid),
                 pidfd: Some(pidfd),
                 leader: Leader::Own,
                 stdin: pipes.stdin,
@@ -416,7 +416,7 @@ impl Process {
             Parts {
                 id: id.clone(),
                 pid,
-                identity: Arc::new(LazyIdentity::known(identity)),
+                identity: LazyIdentity::known(identity),
                 pidfd,
                 leader: Leader::Kept {
                     client,
@@ -481,7 +481,7 @@ impl Process {
             Parts {
                 id,
                 pid,
-                identity: Arc::new(LazyIdentity::known(identity)),
+                identity: LazyIdentity::known(identity),
                 pidfd,
                 leader: Leader::Kept { client, id: child.id },
                 stdin: None,
@@ -519,7 +519,7 @@ impl Process {
         let pump = |stream: Stream, fd: Option<(OwnedFd, Option<Vec<u8>>)>, pumps: &mut Pumps| {
             fd.map(|(fd, prefill)| {
                 let capture = Capture::new(command.ring_size);
-                let pump = Pump::new(stream, fd, prefill, capture.clone(), command.line_max, pumps);
+                let pump = Pump::new(stream, fd, prefill, &capture, command.line_max, pumps);
                 (pump, capture)
             })
         };
@@ -533,7 +533,7 @@ impl Process {
         let argv = command.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let shared = Arc::new(Shared {
             id,
-            identity: identity.clone(),
+            identity,
             pgid: pid,
             argv,
             started_at,
@@ -555,7 +555,6 @@ impl Process {
         let actor = Actor {
             pid,
             pgid: pid,
-            identity,
             pidfd,
             leader,
             started_at,
@@ -782,7 +781,7 @@ impl LazyIdentity {
 struct Parts {
     id: ProcessId,
     pid: u32,
-    identity: Arc<LazyIdentity>,
+    identity: LazyIdentity,
     pidfd: Option<Pidfd>,
     leader: Leader,
     stdin: Option<OwnedFd>,
@@ -836,7 +835,6 @@ enum StopReason {
 struct Actor {
     pid: u32,
     pgid: u32,
-    identity: Arc<LazyIdentity>,
     /// Taken (closed) once the leader is reaped, so no fd outlives `wait`.
     pidfd: Option<Pidfd>,
     leader: Leader,
@@ -873,6 +871,11 @@ async fn sleep_on(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Option<tokio::t
         None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
     };
     sleep.await;
+}
+
+/// Reads the captured streams into the handle's captures; resolves once both are closed.
+fn read_output<'a>(pumps: &'a mut Pumps, shared: &'a Shared) -> impl std::future::Future<Output = ()> + 'a {
+    std::future::poll_fn(move |cx| pumps.poll(cx, shared.stdout.as_ref(), shared.stderr.as_ref()))
 }
 
 /// The earlier of two optional deadlines.
@@ -936,7 +939,8 @@ async fn leader_exited(leader: &Leader, pidfd: Option<&Pidfd>, identity: &LazyId
                 // The keeper is gone: nobody can tell the status any more. Still notice the end.
                 tracing::warn!(child = %id, error = %err, "keeper connection lost; exit status will be unknown");
                 if pidfd.is_some() {
-                    pidfd_exited(pidfd).await;
+                    // Boxed: this rare path must not make every actor's future bigger.
+                    Box::pin(pidfd_exited(pidfd)).await;
                 } else {
                     // No pidfd (descriptors ran out at spawn): no notification exists; poll the identity.
                     while matches!(identity.get().check(), Ok(crate::identity::Liveness::Alive)) {
@@ -951,7 +955,14 @@ async fn leader_exited(leader: &Leader, pidfd: Option<&Pidfd>, identity: &LazyId
 }
 
 impl Actor {
-    async fn run(mut self) {
+    /// The actor's whole life. Not an `async fn` taking `self`: that would store the actor twice in the
+    /// future (once as the argument, once as the moved-in binding), 500 bytes more per process.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    fn run(mut self) -> impl std::future::Future<Output = ()> {
+        async move { self.live().await }
+    }
+
+    async fn live(&mut self) {
         let exit = self.wait_for_leader().await;
         self.pidfd = None;
         if let Leader::Kept { client, id } = &self.leader {
@@ -1012,7 +1023,7 @@ impl Actor {
             let deadline = earliest(self.kill_at, timeout_armed);
             tokio::select! {
                 biased;
-                exit = leader_exited(&self.leader, self.pidfd.as_ref(), &self.identity) => match exit {
+                exit = leader_exited(&self.leader, self.pidfd.as_ref(), &self.shared.identity) => match exit {
                     LeaderEnd::Own => return self.reap_leader(),
                     LeaderEnd::Kept(exit) => return exit,
                 },
@@ -1023,7 +1034,7 @@ impl Actor {
                         self.begin_stop(StopReason::TimedOut, self.grace);
                     }
                 }
-                _ = std::future::poll_fn(|cx| self.pumps.poll(cx)), if self.pumps.is_open() => {}
+                _ = read_output(&mut self.pumps, &self.shared), if self.pumps.is_open() => {}
             }
         }
     }
@@ -1032,7 +1043,7 @@ impl Actor {
     fn reap_leader(&mut self) -> Option<Exit> {
         use rustix::process::{waitid, WaitId, WaitIdOptions};
         // Pin the identity while the pid is still ours (a zombie still has its /proc entry).
-        self.identity.get();
+        self.shared.identity.get();
         let pidfd = self.pidfd.as_ref()?;
         loop {
             match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
@@ -1087,7 +1098,7 @@ impl Actor {
                         check_at = now + delay;
                     }
                 }
-                _ = std::future::poll_fn(|cx| self.pumps.poll(cx)), if self.pumps.is_open() => {}
+                _ = read_output(&mut self.pumps, &self.shared), if self.pumps.is_open() => {}
             }
         }
     }
@@ -1096,7 +1107,7 @@ impl Actor {
     async fn drain_output(&mut self) {
         let deadline = tokio::time::Instant::now() + self.drain;
         tokio::select! {
-            _ = std::future::poll_fn(|cx| self.pumps.poll(cx)) => {}
+            _ = read_output(&mut self.pumps, &self.shared) => {}
             _ = sleep_on(&mut self.timer, Some(deadline)) => {
                 tracing::debug!(pid = self.pid, "output still open after the group ended; closing it");
                 self.pumps.close();
