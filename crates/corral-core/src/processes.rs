@@ -1091,3 +1091,56 @@ pub fn record_json(record: &ProcessRecord) -> Value {
         "ended_at": record.ended_at,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished() -> Finished {
+        let now = std::time::SystemTime::now();
+        Finished {
+            outcome: Outcome::Completed,
+            exit: Some(corral_proc::Exit::Code(0)),
+            started_at: now,
+            ended_at: now,
+            duration: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn an_end_before_the_recorded_start_is_handed_to_the_start() {
+        let tracker = Tracker::default();
+        let end = finished();
+        assert!(!tracker.ended(&end), "the hook must not write the end before the start");
+        assert_eq!(tracker.started(), Some(end), "the start writes it");
+        assert!(!tracker.is_recorded());
+        tracker.set_recorded(&Notify::new());
+        assert!(tracker.is_recorded());
+        assert_eq!(tracker.started(), None, "a recorded end stays recorded");
+        assert!(tracker.is_recorded());
+    }
+
+    #[test]
+    fn an_end_after_the_recorded_start_is_written_by_the_hook() {
+        let tracker = Tracker::default();
+        assert_eq!(tracker.started(), None);
+        assert!(tracker.ended(&finished()));
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_record_ends_when_it_is_set() {
+        let tracker = Arc::new(Tracker::default());
+        let changed = Arc::new(Notify::new());
+        let waiter = {
+            let (tracker, changed) = (tracker.clone(), changed.clone());
+            tokio::spawn(async move { tracker.wait_recorded(&changed).await })
+        };
+        tokio::task::yield_now().await;
+        tracker.started();
+        tracker.set_recorded(&changed);
+        tokio::time::timeout(Duration::from_secs(30), waiter)
+            .await
+            .expect("UNWRAP: the waiter wakes")
+            .expect("UNWRAP: the waiter task");
+    }
+}
