@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_proc::{
-    keeper, CapturedOutput, Command, Events, Failure, Finished, Liveness, Outcome, Process, ProcessIdentity, Signal,
+    keeper, CapturedOutput, Command, Failure, Finished, Follow, Liveness, Outcome, Process, ProcessIdentity, Signal,
     StdinMode, Stream,
 };
 use corral_store::{ProcessEnd, ProcessFilter, ProcessRecord, ProcessStart, ProcessState, Store, StoreError};
@@ -604,13 +604,11 @@ impl ProcessManager {
         }
     }
 
-    /// Subscribes to a live process's output and exit events. `None` when it is unknown or not a child.
-    pub fn subscribe(&self, id: &str) -> Option<(Process, Events)> {
+    /// Follows a process's output: what it captured so far and its events from there on (see
+    /// [`Process::follow`]: no chunk is in both). `None` when it is unknown or not a child.
+    pub fn follow(&self, id: &str) -> Option<Follow> {
         match self.handle(id)? {
-            Handle::Live { process, .. } => {
-                let events = process.subscribe();
-                Some((process, events))
-            }
+            Handle::Live { process, .. } => Some(process.follow()),
             Handle::Recovered { .. } => None,
         }
     }

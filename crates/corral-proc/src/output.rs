@@ -134,10 +134,13 @@ impl Capture {
         }
     }
 
-    pub(crate) fn with_ring<T>(&self, f: impl FnOnce(&mut RingBuffer) -> T) -> T {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, RingBuffer> {
         // A panic while holding this lock cannot leave the ring inconsistent enough to matter.
-        let mut ring = self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut ring)
+        self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn with_ring<T>(&self, f: impl FnOnce(&mut RingBuffer) -> T) -> T {
+        f(&mut self.lock())
     }
 }
 
@@ -263,7 +266,6 @@ impl Pump {
         events: &EventSender,
         log: Option<&Arc<Mutex<LogWriter>>>,
     ) {
-        capture.with_ring(|ring| ring.write(chunk));
         if let Some(log) = log {
             let mut writer = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Err(err) = writer.write(chunk) {
@@ -273,20 +275,26 @@ impl Pump {
                 }
             }
         }
-        if events.has_listeners() {
-            let mut lines = Vec::new();
-            self.splitter.push(chunk, &mut lines);
-            if !lines.is_empty() {
-                events.send(EventKind::Output {
-                    stream: self.stream,
-                    lines: lines.into(),
-                });
+        let (stream, splitter) = (self.stream, &mut self.splitter);
+        // The event goes out under the ring's lock: `Process::follow` reads the rings and subscribes under
+        // the same locks, so a chunk reaches a follower either in its snapshot or as an event, never both.
+        capture.with_ring(|ring| {
+            ring.write(chunk);
+            if events.has_listeners() {
+                let mut lines = Vec::new();
+                splitter.push(chunk, &mut lines);
+                if !lines.is_empty() {
+                    events.send(EventKind::Output {
+                        stream,
+                        lines: lines.into(),
+                    });
+                }
+            } else {
+                // Nobody listens: skip the line work. A subscriber that joins mid-line gets the rest of
+                // that line as its first line.
+                splitter.reset();
             }
-        } else {
-            // Nobody listens: skip the line work. A subscriber that joins mid-line gets the rest of
-            // that line as its first line.
-            self.splitter.reset();
-        }
+        });
     }
 }
 

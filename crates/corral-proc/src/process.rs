@@ -193,6 +193,27 @@ impl State {
     }
 }
 
+/// What [`Process::follow`] gives: the output so far and the events after it.
+#[derive(Debug)]
+pub struct Follow {
+    /// Stdout captured so far; `None` when it is not captured.
+    pub stdout: Option<CapturedOutput>,
+    /// Stderr captured so far; `None` when it is not captured.
+    pub stderr: Option<CapturedOutput>,
+    /// The events from the snapshot on.
+    pub events: Events,
+}
+
+impl Follow {
+    /// Takes the snapshot of one stream out (`None` the second time, or when it is not captured).
+    pub fn take_output(&mut self, stream: Stream) -> Option<CapturedOutput> {
+        match stream {
+            Stream::Stdout => self.stdout.take(),
+            Stream::Stderr => self.stderr.take(),
+        }
+    }
+}
+
 /// Captured output of one stream, as a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapturedOutput {
@@ -647,6 +668,28 @@ impl Process {
     /// [`EventKind::Exited`] event; subscribing after that gives an ended subscription.
     pub fn subscribe(&self) -> Events {
         self.shared.events.subscribe(EVENT_CAPACITY)
+    }
+
+    /// Follows the output: what each stream has captured so far, and a subscription to the events from
+    /// there on, taken together, so that every chunk written is either in the snapshot or in an
+    /// [`EventKind::Output`] event, never in both and never in neither. (A [`Process::subscribe`] followed by
+    /// [`Process::output`] can see a chunk written in between twice.)
+    pub fn follow(&self) -> Follow {
+        // Lock order: stdout's ring, stderr's ring, then the event slot (in `subscribe`); the pumps take one
+        // ring, then the slot.
+        let stdout = self.shared.stdout.as_ref().map(|capture| capture.lock());
+        let stderr = self.shared.stderr.as_ref().map(|capture| capture.lock());
+        let events = self.subscribe();
+        let snapshot = |ring: &crate::RingBuffer| CapturedOutput {
+            bytes: ring.contents(),
+            dropped: ring.dropped(),
+            total: ring.total_written(),
+        };
+        Follow {
+            stdout: stdout.as_deref().map(snapshot),
+            stderr: stderr.as_deref().map(snapshot),
+            events,
+        }
     }
 
     /// A snapshot of one stream's captured output; `None` when that stream is not captured.

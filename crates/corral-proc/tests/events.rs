@@ -147,3 +147,57 @@ async fn a_panicking_exit_hook_does_not_stop_the_end_from_being_published() {
         "requests to an ended actor fail as not running"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_gives_every_byte_once_snapshot_then_events() {
+    // Many small writes, so that `follow` lands while output is flowing.
+    let process = Command::new([
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done",
+    ])
+    .spawn()
+    .expect("UNWRAP: spawn");
+    let expected: String = (0..3000).map(|i| format!("line-{i}\n")).collect();
+    // Until output flows (a few lines of the 3,000 are out).
+    let flowing = async {
+        while process.output(Stream::Stdout).is_none_or(|out| out.total < 100) {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), flowing)
+        .await
+        .expect("UNWRAP: output flows");
+    let mut follow = process.follow();
+    let mut text = follow
+        .take_output(Stream::Stdout)
+        .expect("UNWRAP: stdout is captured")
+        .to_string_lossy();
+    let mut events = follow.events;
+    let collect = async {
+        while let Some(received) = events.recv().await {
+            match received {
+                Received::Event(event) => {
+                    if let EventKind::Output {
+                        stream: Stream::Stdout,
+                        lines,
+                    } = event.kind
+                    {
+                        for line in lines.iter() {
+                            text.push_str(&line.to_string_lossy());
+                            if line.end == corral_proc::LineEnd::Newline {
+                                text.push('\n');
+                            }
+                        }
+                    }
+                }
+                Received::Missed(n) => panic!("missed {n} events"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), collect)
+        .await
+        .expect("UNWRAP: the subscription ends after the exit");
+    assert_eq!(text.len(), expected.len(), "no byte twice, none lost");
+    assert_eq!(text, expected);
+}

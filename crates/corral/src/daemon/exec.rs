@@ -294,11 +294,10 @@ async fn feed_job(state: &AppState, id: &str, sender: &tokio::sync::mpsc::Sender
             .and_then(|l| l.first().map(|r| r.id.clone()));
         if let Some(process_id) = process_id.filter(|p| streamed_process.as_ref() != Some(p)) {
             streamed_process = Some(process_id.clone());
-            if let Some((process, mut events)) = state.inner.processes.subscribe(&process_id) {
-                // What it wrote before we subscribed, then live lines. (A line written in the instant
-                // between the subscription and this snapshot can come twice; none is lost.)
+            if let Some(mut follow) = state.inner.processes.follow(&process_id) {
+                // What it wrote before we subscribed, then live lines: each line once.
                 for stream in [corral_proc::Stream::Stdout, corral_proc::Stream::Stderr] {
-                    if let Some(out) = process.output(stream) {
+                    if let Some(out) = follow.take_output(stream) {
                         let mut splitter = corral_proc::LineSplitter::new(corral_proc::DEFAULT_LINE_MAX);
                         let mut lines = Vec::new();
                         splitter.push(&bytes::Bytes::from(out.bytes), &mut lines);
@@ -313,6 +312,7 @@ async fn feed_job(state: &AppState, id: &str, sender: &tokio::sync::mpsc::Sender
                         }
                     }
                 }
+                let mut events = follow.events;
                 while let Some(received) = events.recv().await {
                     if let corral_proc::Received::Event(event) = received {
                         if let corral_proc::EventKind::Output { stream, lines } = event.kind {

@@ -630,11 +630,11 @@ async fn process_output(
 
 /// SSE: what was captured so far (as lines), then live lines, then an `exit` event with the record.
 async fn follow_output(state: AppState, id: String) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let subscription = state.inner.processes.subscribe(&id);
+    let mut subscription = state.inner.processes.follow(&id);
     let mut backlog = Vec::new();
-    if let Some((process, _)) = &subscription {
+    if let Some(follow) = subscription.as_mut() {
         for stream_kind in [corral_proc::Stream::Stdout, corral_proc::Stream::Stderr] {
-            if let Some(out) = process.output(stream_kind) {
+            if let Some(out) = follow.take_output(stream_kind) {
                 let mut splitter = corral_proc::LineSplitter::new(corral_proc::DEFAULT_LINE_MAX);
                 let mut lines = Vec::new();
                 splitter.push(&Bytes::from(out.bytes), &mut lines);
@@ -643,7 +643,7 @@ async fn follow_output(state: AppState, id: String) -> Sse<impl Stream<Item = Re
             }
         }
     }
-    let events = subscription.map(|(_, events)| events);
+    let events = subscription.map(|follow| follow.events);
     let processes = state.inner.processes.clone();
     let live = stream::unfold(
         (events, processes, id, false),
