@@ -103,6 +103,8 @@ struct Spool {
     file: Option<File>,
     /// Writing the spool failed this period: count everything as dropped.
     failed: bool,
+    /// A spool file was created at some point (and is removed at the reap); most children never have one.
+    created: bool,
 }
 
 struct Conn {
@@ -687,7 +689,9 @@ impl Keeper {
                     // The daemon may hold the same pipe: closing our fd would not unregister it.
                     let _ = epoll::delete(&self.epoll, &spool.reader);
                 }
-                let _ = fs::remove_file(spool_path(&self.spool_dir, &child.id, n));
+                if spool.created {
+                    let _ = fs::remove_file(spool_path(&self.spool_dir, &child.id, n));
+                }
             }
         }
         true
@@ -846,6 +850,7 @@ impl Spool {
             dropped: 0,
             file: None,
             failed: false,
+            created: false,
         }
     }
 
@@ -862,6 +867,7 @@ impl Spool {
                     .mode(0o600)
                     .open(path())
                     .ok();
+                self.created |= self.file.is_some();
             }
             match self.file.as_mut().map(|file| file.write_all(&bytes[..keep])) {
                 Some(Ok(())) => self.spooled += keep as u64,
