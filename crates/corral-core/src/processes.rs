@@ -331,7 +331,10 @@ impl ProcessManager {
             started_at: None,
             ended_at: None,
         };
-        self.inner.store.insert_process(&record)?;
+        // A caller-chosen id must be new: refused before anything runs.
+        if request.id.is_some() && self.inner.store.get_process(&id)?.is_some() {
+            return Err(ProcessesError::Store(StoreError::Conflict { what: "process", id }));
+        }
 
         let mut command = Command::new(&request.command).id(id.clone());
         if let Some(dir) = &request.dir {
@@ -366,10 +369,8 @@ impl ProcessManager {
                     error: Some(error.clone()),
                     ended_at: now_ms(),
                 };
-                let record = match self.inner.store.finish_process(&id, &end)? {
-                    true => ended(record, &end),
-                    false => self.inner.store.get_process(&id)?.unwrap_or(record),
-                };
+                let record = ended(record, &end);
+                self.inner.store.insert_process(&record)?;
                 self.inner.bus.publish("process.exited", record_json(&record));
                 return Err(ProcessesError::Spawn {
                     record: Box::new(record),
@@ -385,7 +386,24 @@ impl ProcessManager {
             boot_id: Some(identity.boot_id.clone()),
             started_at: to_ms(process.started_at()),
         };
-        let marked = self.inner.store.mark_process_started(&id, &start)?;
+        // One write per start: the record goes in once the process runs. A crash before this write leaves a
+        // child no record owns: the keeper's (if any) is stopped at the next start (see `reconcile`), the
+        // daemon's own dies with it or is orphaned exactly as it would be after a `pending` record, which
+        // carried no pid to find it by.
+        let record = ProcessRecord {
+            state: ProcessState::Running,
+            pid: Some(start.pid),
+            pgid: Some(start.pgid),
+            start_ticks: start.start_ticks,
+            boot_id: start.boot_id,
+            started_at: Some(start.started_at),
+            ..record
+        };
+        if let Err(err) = self.inner.store.insert_process(&record) {
+            // Not recorded, so not ours to keep running: nothing could find or stop it later.
+            process.start_shutdown(Duration::ZERO);
+            return Err(err.into());
+        }
         self.handles().insert(
             id.clone(),
             Handle::Live {
@@ -393,25 +411,8 @@ impl ProcessManager {
                 tracker: tracker.clone(),
             },
         );
-        // As written, without reading it back (unless something else wrote it first).
-        let record = if marked {
-            ProcessRecord {
-                state: ProcessState::Running,
-                pid: Some(start.pid),
-                pgid: Some(start.pgid),
-                start_ticks: start.start_ticks,
-                boot_id: start.boot_id,
-                started_at: Some(start.started_at),
-                ..record
-            }
-        } else {
-            self.inner
-                .store
-                .get_process(&id)?
-                .ok_or_else(|| ProcessesError::NotFound(id.clone()))?
-        };
         self.inner.bus.publish("process.started", record_json(&record));
-        if request.timeout.is_some() && marked {
+        if request.timeout.is_some() {
             tracker.keep_record(&record);
         }
         if let Some(finished) = tracker.started() {

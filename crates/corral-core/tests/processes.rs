@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_core::events::EventBus;
-use corral_core::processes::{ProcessManager, StartRequest};
-use corral_store::{ProcessState, SqliteStore, Store};
+use corral_core::processes::{ProcessManager, ProcessesError, StartRequest};
+use corral_store::{ProcessFilter, ProcessState, SqliteStore, Store, StoreError};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -94,4 +94,105 @@ async fn ends_are_read_back_for_processes_without_a_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ends_are_built_from_the_kept_start_for_processes_with_a_timeout() {
     short_processes_are_recorded_once_after_their_start(Some(Duration::from_secs(60))).await;
+}
+
+/// A start writes its record once: running, with its identity, or failed when the spawn fails; never a
+/// `pending` record left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_writes_one_record_running_or_failed() {
+    let (store, manager) = in_memory_manager();
+    let running = manager
+        .start(StartRequest {
+            command: vec!["sleep".into(), "60".into()],
+            ..StartRequest::default()
+        })
+        .await
+        .expect("UNWRAP: sleep starts");
+    assert_eq!(running.state, ProcessState::Running);
+    assert_eq!(
+        store.get_process(&running.id).expect("UNWRAP: read"),
+        Some(running.clone())
+    );
+
+    let failed = manager
+        .start(StartRequest {
+            command: vec!["/nonexistent/corral-test-program".into()],
+            ..StartRequest::default()
+        })
+        .await;
+    let Err(ProcessesError::Spawn { record, error }) = failed else {
+        panic!("a missing program is a spawn error: {failed:?}");
+    };
+    assert_eq!(record.state, ProcessState::Failed);
+    assert!(record.ended_at.is_some() && record.pid.is_none(), "{record:?}");
+    assert!(error.contains("nonexistent"), "{error}");
+    assert_eq!(store.get_process(&record.id).expect("UNWRAP: read"), Some(*record));
+
+    let all = store.list_processes(&ProcessFilter::default()).expect("UNWRAP: list");
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().all(|r| r.state != ProcessState::Pending), "{all:?}");
+    manager
+        .stop(&running.id, Some(Duration::from_secs(5)))
+        .await
+        .expect("UNWRAP: stops");
+}
+
+/// A caller-chosen id that is already recorded is refused before anything runs: nothing is spawned and the
+/// existing record is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_id_is_refused_before_anything_runs() {
+    let (store, manager) = in_memory_manager();
+    let first = manager
+        .start(StartRequest {
+            command: vec!["true".into()],
+            id: Some("step-1".into()),
+            ..StartRequest::default()
+        })
+        .await
+        .expect("UNWRAP: true starts");
+    tokio::time::timeout(DEADLINE, manager.wait_recorded(&first.id))
+        .await
+        .expect("UNWRAP: the end is recorded in time");
+    let before = store.get_process("step-1").expect("UNWRAP: read");
+    let dir = tempfile_dir();
+    let marker = dir.join("ran");
+    let again = manager
+        .start(StartRequest {
+            command: vec!["touch".into(), marker.display().to_string()],
+            id: Some("step-1".into()),
+            ..StartRequest::default()
+        })
+        .await;
+    assert!(
+        matches!(again, Err(ProcessesError::Store(StoreError::Conflict { .. }))),
+        "{again:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!marker.exists(), "the second command ran");
+    assert_eq!(store.get_process("step-1").expect("UNWRAP: read"), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory under the system's temp dir.
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("corral-core-test-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).expect("UNWRAP: temp dir");
+    dir
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )
+}
+
+/// A manager over a fresh in-memory store.
+fn in_memory_manager() -> (Arc<dyn Store>, ProcessManager) {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("UNWRAP: in-memory store opens"));
+    let manager = ProcessManager::new(store.clone(), EventBus::new());
+    (store, manager)
 }
