@@ -120,17 +120,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let store: Arc<dyn Store> = Arc::new(timed_store::TimedStore::new(store, metrics.clone()));
     {
+        // Counted inline: a subscriber task would copy every event and be woken for each.
         let metrics = metrics.clone();
-        let mut events = bus.subscribe();
-        tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(event) => metrics.on_event(&event.kind, &event.data),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
+        bus.observe(move |kind, data| metrics.on_event(kind, data));
     }
     let keeper = if config.keeper {
         match keeper::attach(&config.state_dir).await {

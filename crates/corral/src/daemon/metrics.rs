@@ -31,7 +31,12 @@ impl Metrics {
     /// Counts one bus event.
     pub(crate) fn on_event(&self, kind: &str, data: &serde_json::Value) {
         let mut inner = self.lock();
-        *inner.events.entry(kind.to_owned()).or_default() += 1;
+        match inner.events.get_mut(kind) {
+            Some(count) => *count += 1,
+            None => {
+                inner.events.insert(kind.to_owned(), 1);
+            }
+        }
         match kind {
             "process.started" => inner.starts += 1,
             kind if kind.starts_with("task.") => {
