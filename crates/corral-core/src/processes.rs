@@ -287,9 +287,9 @@ impl ProcessManager {
         &self.inner.store
     }
 
-    /// Records and starts a process. The record exists (state `pending`) before the spawn, and is
-    /// `running` with pid and identity when this returns. Once the spawn is under way it completes (record
-    /// and exit hook included) even if the caller stops waiting.
+    /// Starts a process and records it: the record is written once, after the spawn, `running` with pid
+    /// and identity when this returns (or `failed`, with the error, if the spawn failed). Once the spawn is
+    /// under way it completes (record and exit hook included) even if the caller stops waiting.
     pub async fn start(&self, request: StartRequest) -> Result<ProcessRecord, ProcessesError> {
         if self.inner.keeper.is_none() {
             // Nothing below awaits without a keeper: the call cannot be cut short half-way.
