@@ -399,11 +399,8 @@ impl ProcessManager {
             started_at: Some(start.started_at),
             ..record
         };
-        if let Err(err) = self.inner.store.insert_process(&record) {
-            // Not recorded, so not ours to keep running: nothing could find or stop it later.
-            process.start_shutdown(Duration::ZERO);
-            return Err(err.into());
-        }
+        // The handle first: whoever finds the record (an interrupt by label) finds the live process with it,
+        // never a `running` record without a handle, which it would take for a leftover and mark stale.
         self.handles().insert(
             id.clone(),
             Handle::Live {
@@ -411,6 +408,12 @@ impl ProcessManager {
                 tracker: tracker.clone(),
             },
         );
+        if let Err(err) = self.inner.store.insert_process(&record) {
+            // Not recorded, so not ours to keep running: nothing could find or stop it later.
+            self.handles().remove(&id);
+            process.start_shutdown(Duration::ZERO);
+            return Err(err.into());
+        }
         self.inner.bus.publish("process.started", record_json(&record));
         if request.timeout.is_some() {
             tracker.keep_record(&record);
