@@ -216,17 +216,6 @@ impl Drop for Daemon {
 // HTTP/1.1 over the Unix socket
 // ---------------------------------------------------------------------------------------------------
 
-/// One `GET` on a connection of its own.
-async fn get(socket: &Path, path: &str) -> Result<(StatusCode, Bytes)> {
-    let mut sender = connect_unix(socket).await?;
-    tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        exchange(&mut sender, daemon_request(Method::GET, path, None)?),
-    )
-    .await
-    .with_context(|| format!("GET {path}: no answer within {REQUEST_TIMEOUT:?}"))?
-}
-
 // ---------------------------------------------------------------------------------------------------
 // What the daemon reports: GET /metrics
 // ---------------------------------------------------------------------------------------------------

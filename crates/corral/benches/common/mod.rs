@@ -414,3 +414,14 @@ pub(crate) async fn closed_loop(
     }
     Ok(tally)
 }
+
+/// One `GET` on a connection of its own, over the daemon's Unix socket.
+pub(crate) async fn get(socket: &std::path::Path, path: &str) -> Result<(StatusCode, Bytes)> {
+    let mut sender = connect_unix(socket).await?;
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        exchange(&mut sender, daemon_request(hyper::Method::GET, path, None)?),
+    )
+    .await
+    .with_context(|| format!("GET {path}: no answer within {REQUEST_TIMEOUT:?}"))?
+}
