@@ -196,3 +196,50 @@ fn in_memory_manager() -> (Arc<dyn Store>, ProcessManager) {
     let manager = ProcessManager::new(store.clone(), EventBus::new());
     (store, manager)
 }
+
+/// A process whose record cannot be written is stopped, not left running where nothing could find it: the
+/// store is read-only, so the spawn succeeds and the write after it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_record_cannot_be_written_stops_its_process() {
+    let dir = tempfile_dir();
+    let path = dir.join("corral.db");
+    drop(SqliteStore::open(&path).expect("UNWRAP: the store is created"));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_read_only(&path).expect("UNWRAP: opens read-only"));
+    let manager = ProcessManager::new(store.clone(), EventBus::new());
+    let pid_file = dir.join("pid");
+    let started = manager
+        .start(StartRequest {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo $$ > {}; exec sleep 600", pid_file.display()),
+            ],
+            ..StartRequest::default()
+        })
+        .await;
+    assert!(
+        matches!(started, Err(ProcessesError::Store(StoreError::ReadOnly { .. }))),
+        "{started:?}"
+    );
+    // The stop may come before the shell has written its pid (then it never does); a process left running
+    // would write it and live on. So: once a pid is written, it must go away (stopped and reaped, not just
+    // signalled); if none is written for a while, the child was stopped before it got that far.
+    let started_waiting = std::time::Instant::now();
+    loop {
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok());
+        match pid {
+            Some(pid) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => break,
+            Some(pid) => assert!(started_waiting.elapsed() < DEADLINE, "process {pid} is still there"),
+            None if started_waiting.elapsed() > Duration::from_secs(3) => break,
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store
+        .list_processes(&ProcessFilter::default())
+        .expect("UNWRAP: list")
+        .is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
