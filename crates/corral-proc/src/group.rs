@@ -49,7 +49,7 @@ pub fn group_has_live_members(pgid: u32) -> io::Result<bool> {
         let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Ok(text) = crate::identity::read_small(format!("/proc/{pid}/stat")) else {
             continue; // exited meanwhile
         };
         if let Some(stat) = parse_stat(&text) {

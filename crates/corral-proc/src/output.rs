@@ -23,6 +23,11 @@ use crate::ring::RingBuffer;
 /// and a buffer of this size comes from the heap, while 128 KiB would be an `mmap` + `munmap` per stream.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The first read of a stream asks for this much; each read that fills its buffer makes the next one 4x
+/// larger, up to [`READ_CHUNK`]. Most short jobs write little or nothing, and their one read (the end of
+/// file) then costs a small allocation instead of 64 KiB.
+const FIRST_READ_CHUNK: usize = 4 * 1024;
+
 /// A log file that captured output is appended to, with optional size-based rotation.
 ///
 /// When a write would take the file past `max_size`, the file is renamed to `<path>.1` (older ones shift
@@ -160,6 +165,8 @@ pub(crate) struct Pump {
     /// The read buffer; it exists only while the pipe has data, so an idle process (most long-running
     /// ones) costs no buffer at all.
     buf: BytesMut,
+    /// Bytes to ask for in the next read: grows from [`FIRST_READ_CHUNK`] to [`READ_CHUNK`].
+    chunk: usize,
     log_failed: bool,
 }
 
@@ -190,6 +197,7 @@ impl Pump {
             receiver,
             splitter: LineSplitter::new(line_max),
             buf: BytesMut::new(),
+            chunk: FIRST_READ_CHUNK,
             log_failed: false,
         };
         if let Some(prefill) = prefill {
@@ -225,10 +233,14 @@ impl Pump {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            self.buf.reserve(READ_CHUNK);
+            self.buf.reserve(self.chunk);
+            let spare = self.buf.capacity() - self.buf.len();
             match receiver.try_read_buf(&mut self.buf) {
                 Ok(0) => return self.close(events, None),
                 Ok(n) => {
+                    if n == spare {
+                        self.chunk = (self.chunk * 4).min(READ_CHUNK);
+                    }
                     let chunk = self.buf.split_to(n).freeze();
                     self.take_chunk(&chunk, capture, events, log);
                     chunks += 1;

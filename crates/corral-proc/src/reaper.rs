@@ -159,7 +159,7 @@ fn children_of_self() -> Vec<u32> {
         return children;
     };
     for task in tasks.flatten() {
-        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+        if let Ok(list) = crate::identity::read_small(task.path().join("children")) {
             children.extend(list.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
         }
     }

@@ -12,6 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::io::Errno;
@@ -75,7 +76,15 @@ struct Keeper {
     draining: bool,
     stop: bool,
     buf: Vec<u8>,
+    /// When orphans were last looked for, and when the next look is owed (see [`ORPHAN_SCAN_EVERY`]).
+    last_orphan_scan: Option<Instant>,
+    orphan_scan_due: Option<Instant>,
 }
+
+/// Orphans (exited grandchildren re-parented to us) are looked for at most this often. The look is a scan
+/// of `/proc/self/task/*/children`; once per child exit it was a tenth of the keeper's CPU per job under a
+/// steady stream of short jobs. An orphan stays a zombie for at most this long.
+const ORPHAN_SCAN_EVERY: Duration = Duration::from_millis(100);
 
 struct Child {
     id: String,
@@ -210,6 +219,8 @@ impl Keeper {
             draining: false,
             stop: false,
             buf: vec![0; 64 * 1024],
+            last_orphan_scan: None,
+            orphan_scan_due: None,
         })
     }
 
@@ -223,10 +234,24 @@ impl Keeper {
         let mut events = Vec::with_capacity(128);
         while !self.stop {
             events.clear();
-            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+            let timeout = self.orphan_scan_due.map(|due| {
+                let left = due.saturating_duration_since(Instant::now());
+                rustix::event::Timespec {
+                    tv_sec: left.as_secs() as _,
+                    tv_nsec: left.subsec_nanos() as _,
+                }
+            });
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                timeout.as_ref(),
+            ) {
                 Ok(_) => {}
                 Err(Errno::INTR) => continue,
                 Err(err) => return Err(err.into()),
+            }
+            if self.orphan_scan_due.is_some_and(|due| Instant::now() >= due) {
+                self.reap_orphans();
             }
             for event in &events {
                 let (data, flags) = (event.data, event.flags);
@@ -697,8 +722,21 @@ impl Keeper {
         true
     }
 
+    /// A child exited: looks for orphans now, or at the latest [`ORPHAN_SCAN_EVERY`] after the last look.
+    fn orphans_maybe(&mut self) {
+        let now = Instant::now();
+        match self.last_orphan_scan {
+            Some(last) if now < last + ORPHAN_SCAN_EVERY => {
+                self.orphan_scan_due.get_or_insert(last + ORPHAN_SCAN_EVERY);
+            }
+            _ => self.reap_orphans(),
+        }
+    }
+
     /// Reaps exited children we do not track: orphans re-parented to us as the subreaper.
     fn reap_orphans(&mut self) {
+        self.last_orphan_scan = Some(Instant::now());
+        self.orphan_scan_due = None;
         let tracked: HashSet<u32> = self.slots.iter().flatten().map(|child| child.pid).collect();
         for pid in children_of_self() {
             if tracked.contains(&pid) {
@@ -730,7 +768,7 @@ impl Keeper {
             }
         }
         if child {
-            self.reap_orphans();
+            self.orphans_maybe();
         }
     }
 
@@ -992,7 +1030,7 @@ fn children_of_self() -> Vec<u32> {
         return children;
     };
     for task in tasks.flatten() {
-        if let Ok(list) = fs::read_to_string(task.path().join("children")) {
+        if let Ok(list) = crate::identity::read_small(task.path().join("children")) {
             children.extend(list.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
         }
     }
