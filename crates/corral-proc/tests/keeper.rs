@@ -361,6 +361,38 @@ async fn orphans_are_reaped_by_the_keeper() {
 }
 
 #[tokio::test]
+async fn orphans_exiting_in_a_burst_are_all_reaped() {
+    // The keeper lists its children at most every 100 ms: exits 20 ms apart leave all but the first for a
+    // listing the keeper owes itself, with no further SIGCHLD to prompt it.
+    let keeper = TestKeeper::start();
+    let (client, _) = keeper.connect().await;
+    let mut child = spawn(
+        &client,
+        "burst",
+        Command::new([
+            "sh",
+            "-c",
+            "sleep 0.3 & a=$!; sleep 0.32 & b=$!; sleep 0.34 & c=$!; echo $a $b $c; exit 0",
+        ])
+        .stderr(OutputMode::Null),
+    )
+    .await;
+    let exited = within("exit", client.wait_exit("burst")).await.expect("UNWRAP: exits");
+    assert_eq!(exited.status, code(0));
+    assert!(within("reap", client.reap("burst")).await.expect("UNWRAP: reaps"));
+    let stdout = read_all(child.stdout.take().expect("UNWRAP: captured")).await;
+    let orphans: Vec<u32> = String::from_utf8_lossy(&stdout)
+        .split_whitespace()
+        .map(|pid| pid.parse().expect("UNWRAP: a pid"))
+        .collect();
+    assert_eq!(orphans.len(), 3);
+    for orphan in orphans {
+        wait_until("every orphan is reaped", || read_stat(orphan).ok().flatten().is_none()).await;
+    }
+    wait_until("no zombie under the keeper", || keeper.children().is_empty()).await;
+}
+
+#[tokio::test]
 async fn a_failed_spawn_is_an_answer_and_the_keeper_keeps_serving() {
     let keeper = TestKeeper::start();
     let (client, _) = keeper.connect().await;
