@@ -111,8 +111,27 @@ CREATE INDEX task_lease ON task (status, lease_expires_at);
 CREATE INDEX task_completed ON task (completed_at) WHERE completed_at IS NOT NULL;
 ";
 
+/// Version 3: the two task indexes that only queries of one status use hold only that status.
+///
+/// - `task_queue (submitted_at, seq) WHERE status = 'queued'`: the head of the queue and `queued_tasks`;
+/// - `task_lease (lease_expires_at) WHERE status = 'running'`: expired claims and recovery.
+///
+/// A task that is submitted claimed (every type without a concurrency limit, exec jobs among them) is never
+/// in `task_queue`, and its end only deletes its `task_lease` entry instead of moving it to the terminal
+/// statuses, where nothing looked it up: measured with `cargo bench -p corral-store --bench jobs`, the store
+/// time of one exec job's four writes fell ~12 % (submit + claim ~140 → ~100 µs). The queries that use these
+/// indexes write the status out (`status = 'queued'`) and name the index (`INDEXED BY`: without statistics
+/// the planner prefers `task_claim` and a sort). `task_claim` stays whole: `count_tasks` walks it as a
+/// covering index, and a listing by status alone sorts its entries (not the rows) for one page.
+const V3: &str = "
+DROP INDEX task_queue;
+CREATE INDEX task_queue ON task (submitted_at, seq) WHERE status = 'queued';
+DROP INDEX task_lease;
+CREATE INDEX task_lease ON task (lease_expires_at) WHERE status = 'running';
+";
+
 /// Every migration, in order. The schema version of a fully migrated database is `MIGRATIONS.len()`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes and reads.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

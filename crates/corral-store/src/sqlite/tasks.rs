@@ -50,36 +50,45 @@ fn claim_query(target: &str) -> String {
     format!("UPDATE task SET {CLAIM_SET} WHERE {target} AND {CLAIMABLE} RETURNING {TASK_COLUMNS}")
 }
 
-/// The running task whose lease expired first, of any type, or of `types` types (`?3…`). `?1`: running,
-/// `?2`: now.
+/// The running task whose lease expired first, of any type, or of `types` types (`?2…`). `?1`: now. Walks
+/// the partial index `task_lease` (schema v3), named with `INDEXED BY`: without statistics the planner
+/// prefers `task_claim` and a sort; with it, a statement that cannot use the index fails instead of
+/// quietly scanning.
 fn expired_claim_query(types: usize) -> String {
-    let mut sql_text = "SELECT seq FROM task WHERE status = ?1 AND lease_expires_at < ?2".to_owned();
+    let mut sql_text =
+        format!("SELECT seq FROM task INDEXED BY task_lease WHERE status = '{RUNNING}' AND lease_expires_at < ?1");
     if types > 0 {
         // Writing to a String cannot fail.
-        let _ = write!(sql_text, " AND task_type IN ({})", placeholders(3, types));
+        let _ = write!(sql_text, " AND task_type IN ({})", placeholders(2, types));
     }
     sql_text.push_str(" ORDER BY lease_expires_at, seq LIMIT 1");
     sql_text
 }
 
-/// The head of the queue, any type. `?1`: queued.
-const OLDEST_QUEUED: &str = "SELECT seq FROM task WHERE status = ?1 ORDER BY submitted_at, seq LIMIT 1";
+/// The head of the queue, any type: the first entry of the partial index `task_queue` (`INDEXED BY`, as
+/// above).
+static OLDEST_QUEUED: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT seq FROM task INDEXED BY task_queue WHERE status = '{QUEUED}' ORDER BY submitted_at, seq LIMIT 1")
+});
 
 /// The head of the queue of one type. `?1`: queued, `?2`: the type.
 const OLDEST_QUEUED_OF_TYPE: &str = "SELECT submitted_at, seq FROM task WHERE status = ?1 AND task_type = ?2 \
      ORDER BY submitted_at, seq LIMIT 1";
 
-/// `?1`: running, `?2`: the node, `?3`: now.
+/// `?1`: the node, `?2`: now.
 fn recover_query() -> String {
     format!(
-        "SELECT {TASK_COLUMNS} FROM task WHERE status = ?1 AND (claimed_by = ?2 OR lease_expires_at < ?3) \
+        "SELECT {TASK_COLUMNS} FROM task WHERE status = '{RUNNING}' AND (claimed_by = ?1 OR lease_expires_at < ?2) \
          ORDER BY submitted_at, seq"
     )
 }
 
-/// `?1`: queued, `?2`: the limit.
+/// `?1`: the limit. Walks the partial index `task_queue` (`INDEXED BY`, as above).
 fn queued_query() -> String {
-    format!("SELECT {TASK_COLUMNS} FROM task WHERE status = ?1 ORDER BY submitted_at, seq LIMIT ?2")
+    format!(
+        "SELECT {TASK_COLUMNS} FROM task INDEXED BY task_queue WHERE status = '{QUEUED}' \
+         ORDER BY submitted_at, seq LIMIT ?1"
+    )
 }
 
 /// Walks `task_claim` (covering), already in group order.
@@ -258,7 +267,7 @@ pub(super) fn claim_next(
 fn expired_claim(tx: &Transaction<'_>, types: &BTreeSet<&str>, now: i64) -> Result<Option<i64>, StoreError> {
     const OP: &str = "claim next task";
     let mut stmt = tx.prepare_cached(&expired_claim_query(types.len())).map_err(sql(OP))?;
-    let mut values: Vec<&dyn ToSql> = vec![&RUNNING, &now];
+    let mut values: Vec<&dyn ToSql> = vec![&now];
     values.extend(types.iter().map(|task_type| task_type as &dyn ToSql));
     let mut rows = stmt.query(params_from_iter(values)).map_err(sql(OP))?;
     match rows.next().map_err(sql(OP))? {
@@ -272,8 +281,8 @@ fn expired_claim(tx: &Transaction<'_>, types: &BTreeSet<&str>, now: i64) -> Resu
 fn oldest_queued(tx: &Transaction<'_>, types: &BTreeSet<&str>) -> Result<Option<i64>, StoreError> {
     const OP: &str = "claim next task";
     if types.is_empty() {
-        let mut stmt = tx.prepare_cached(OLDEST_QUEUED).map_err(sql(OP))?;
-        let mut rows = stmt.query([QUEUED]).map_err(sql(OP))?;
+        let mut stmt = tx.prepare_cached(&OLDEST_QUEUED).map_err(sql(OP))?;
+        let mut rows = stmt.query([]).map_err(sql(OP))?;
         return match rows.next().map_err(sql(OP))? {
             Some(row) => col(row, 0, "seq").map(Some),
             None => Ok(None),
@@ -392,6 +401,32 @@ pub(super) fn list(conn: &Connection, filter: &TaskFilter) -> Result<Vec<TaskRec
 
 /// The SQL and its parameters for a [`TaskFilter`].
 pub(super) fn list_query(filter: &TaskFilter) -> (String, Vec<&str>) {
+    let (filter_text, values) = list_filter(filter);
+    let sql_text = match list_page(filter) {
+        // Two steps: the page's `seq`s from an index alone, then those rows (see `list_page`).
+        Some(page) => format!("SELECT {TASK_COLUMNS} FROM task WHERE seq IN ({page}){LIST_ORDER}"),
+        None => format!("SELECT {TASK_COLUMNS} FROM task{filter_text}{LIST_ORDER}"),
+    };
+    (sql_text, values)
+}
+
+/// Listings are newest first.
+const LIST_ORDER: &str = " ORDER BY submitted_at DESC, seq DESC";
+
+/// The `seq`s of a limited listing's page, from an index alone: `task_submitted`, or `task_claim`, hold the
+/// filter and the order. A status filter alone has no index in `submitted_at` order since schema v3
+/// (`task_queue` holds queued tasks only), so its matches are sorted: this way only their index entries,
+/// never their rows with params and results. `None` without a limit. Its placeholders are
+/// [`list_query`]'s.
+pub(super) fn list_page(filter: &TaskFilter) -> Option<String> {
+    let (filter_text, _) = list_filter(filter);
+    // The limit is a number from the caller's usize, not text: nothing to inject.
+    let limit = sql_count(filter.limit?);
+    Some(format!("SELECT seq FROM task{filter_text}{LIST_ORDER} LIMIT {limit}"))
+}
+
+/// The `WHERE` clause of a listing (empty without conditions), and its values, in placeholder order.
+fn list_filter(filter: &TaskFilter) -> (String, Vec<&str>) {
     let mut values: Vec<&str> = Vec::new();
     let mut conditions: Vec<String> = Vec::new();
     if !filter.statuses.is_empty() {
@@ -402,17 +437,11 @@ pub(super) fn list_query(filter: &TaskFilter) -> (String, Vec<&str>) {
         values.push(task_type);
         conditions.push(format!("task_type = ?{}", values.len()));
     }
-    let mut sql_text = format!("SELECT {TASK_COLUMNS} FROM task");
-    if !conditions.is_empty() {
-        sql_text.push_str(" WHERE ");
-        sql_text.push_str(&conditions.join(" AND "));
+    if conditions.is_empty() {
+        (String::new(), values)
+    } else {
+        (format!(" WHERE {}", conditions.join(" AND ")), values)
     }
-    sql_text.push_str(" ORDER BY submitted_at DESC, seq DESC");
-    if let Some(limit) = filter.limit {
-        // A number from the caller's usize, not text: nothing to inject. Writing to a String cannot fail.
-        let _ = write!(sql_text, " LIMIT {}", sql_count(limit));
-    }
-    (sql_text, values)
 }
 
 pub(super) fn count(conn: &Connection) -> Result<BTreeMap<(String, TaskStatus), u64>, StoreError> {
@@ -431,11 +460,11 @@ pub(super) fn count(conn: &Connection) -> Result<BTreeMap<(String, TaskStatus), 
 
 pub(super) fn to_recover(conn: &Connection, node: &str, now: i64) -> Result<Vec<TaskRecord>, StoreError> {
     not_empty("node", node)?;
-    query_all(conn, "tasks to recover", &recover_query(), params![RUNNING, node, now])
+    query_all(conn, "tasks to recover", &recover_query(), params![node, now])
 }
 
 pub(super) fn queued(conn: &Connection, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
-    query_all(conn, "queued tasks", &queued_query(), params![QUEUED, sql_count(limit)])
+    query_all(conn, "queued tasks", &queued_query(), params![sql_count(limit)])
 }
 
 pub(super) fn delete_finished(conn: &Connection, completed_before: i64, keep_newest: usize) -> Result<u64, StoreError> {
