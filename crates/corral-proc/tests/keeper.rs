@@ -392,6 +392,36 @@ async fn orphans_exiting_in_a_burst_are_all_reaped() {
     wait_until("no zombie under the keeper", || keeper.children().is_empty()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_fill_the_socket_queue_up_and_all_get_answers() {
+    // A stopped keeper reads nothing: the socket fills, and the requests after that wait in the client's
+    // write queue, behind any frame written in part, in order.
+    let keeper = TestKeeper::start();
+    let (client, _) = keeper.connect().await;
+    let client = std::sync::Arc::new(client);
+    let stopped = rustix::process::Pid::from_raw(keeper.pid as i32).expect("UNWRAP: not 0");
+    rustix::process::kill_process(stopped, rustix::process::Signal::STOP).expect("UNWRAP: SIGSTOP");
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..3_000 {
+        let client = client.clone();
+        // Long ids make big frames, so the socket buffer fills after a few hundred.
+        calls.spawn(async move { client.reap(&format!("unknown-{n}-{}", "x".repeat(400))).await });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rustix::process::kill_process(stopped, rustix::process::Signal::CONT).expect("UNWRAP: SIGCONT");
+    let mut answered = 0;
+    while let Some(joined) = within("every answer", calls.join_next()).await {
+        let reaped = joined.expect("UNWRAP: no panic").expect("UNWRAP: an answer");
+        assert!(!reaped, "nothing to reap under an unknown id");
+        answered += 1;
+    }
+    assert_eq!(answered, 3_000);
+    // The connection is still in step: a request after the flood is answered too.
+    assert!(!within("one more", client.reap("after"))
+        .await
+        .expect("UNWRAP: answered"));
+}
+
 #[tokio::test]
 async fn a_failed_spawn_is_an_answer_and_the_keeper_keeps_serving() {
     let keeper = TestKeeper::start();
