@@ -142,7 +142,8 @@ pub fn read_stat(pid: u32) -> Result<Option<ProcStat>, IdentityError> {
 
 /// Reads a small procfs file in one `read` where it fits in 1 KiB (a stat line does): procfs reports a size
 /// of 0, so `fs::read_to_string` would `statx` and then read in growing steps from 32 bytes, six reads for
-/// one stat line, on the path of every start.
+/// one stat line, on the path of every start. Invalid UTF-8 is replaced, not an error: a stat line's
+/// command name is the program's file name cut at 15 bytes, which can split a character in two.
 pub(crate) fn read_small(path: impl AsRef<std::path::Path>) -> io::Result<String> {
     use std::io::Read;
     let mut file = fs::File::open(path)?;
@@ -150,10 +151,7 @@ pub(crate) fn read_small(path: impl AsRef<std::path::Path>) -> io::Result<String
     let mut len = 0;
     while len < buf.len() {
         match file.read(&mut buf[len..]) {
-            Ok(0) => {
-                return String::from_utf8(buf[..len].to_vec())
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-            }
+            Ok(0) => return Ok(String::from_utf8_lossy(&buf[..len]).into_owned()),
             Ok(n) => len += n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),
@@ -162,7 +160,7 @@ pub(crate) fn read_small(path: impl AsRef<std::path::Path>) -> io::Result<String
     // Longer than the buffer: read the rest the usual way.
     let mut bytes = buf.to_vec();
     file.read_to_end(&mut bytes)?;
-    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The id of the running boot, read once per process.
@@ -334,6 +332,26 @@ mod tests {
                 .get() as u32
         );
         assert!(read_small("/nonexistent/corral").is_err());
+    }
+
+    #[test]
+    fn a_program_whose_name_is_cut_inside_a_character_has_an_identity() {
+        // The kernel keeps 15 bytes of the name: "ααααααααα" (18 bytes) becomes 7 characters and half of one.
+        let dir = std::env::temp_dir().join(format!("corral-comm-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("UNWRAP: temp dir");
+        let program = dir.join("ααααααααα");
+        let _ = fs::remove_file(&program);
+        std::os::unix::fs::symlink("/bin/sleep", &program).expect("UNWRAP: symlink");
+        let mut child = std::process::Command::new(&program)
+            .arg("10")
+            .spawn()
+            .expect("UNWRAP: spawn");
+        let identity = ProcessIdentity::of(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = fs::remove_dir_all(&dir);
+        let identity = identity.expect("UNWRAP: an identity despite the cut name");
+        assert_eq!(identity.pid, child.id());
     }
 
     #[test]
