@@ -93,6 +93,30 @@ async fn hostile_values_arrive_as_exactly_one_argv_element() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_whose_name_the_kernel_cuts_inside_a_character_runs() {
+    // The kernel keeps 15 bytes of a program's name in /proc/<pid>/stat: "ααααααααα" (18 bytes) is cut
+    // inside a character. Reading the stat line as strict UTF-8 failed every start of such a program.
+    let daemon = daemon_with_tools("", &[]).await;
+    let program = daemon.dir.0.join("ααααααααα");
+    std::os::unix::fs::symlink("/bin/echo", &program).expect("UNWRAP: symlink");
+    let tool = format!(
+        "name = \"greek\"\n[[command]]\nname = \"echo\"\nexec = [{:?}, \"ok\"]\ntimeout = \"10s\"\n",
+        program.display().to_string()
+    );
+    std::fs::write(daemon.dir.0.join("tools.d").join("greek.toml"), tool).expect("UNWRAP: write tool");
+    wait_until("tool loaded", || async {
+        daemon.get("/tools").await.1["tools"]
+            .as_array()
+            .is_some_and(|tools| tools.iter().any(|t| t["name"] == "greek"))
+    })
+    .await;
+    let (status, job) = daemon.post("/exec/greek/echo?wait=60s", json!({})).await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["stdout"], "ok\n", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_args_are_400_and_nothing_runs() {
     let daemon = daemon_with_tools("", &[]).await;
     let cases = [
