@@ -325,6 +325,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failed_spawn_keeps_the_keepers_reason() {
+        let failed = |errno: i32, message: &str| KeeperError::SpawnFailed {
+            id: "x".into(),
+            errno,
+            message: message.into(),
+        };
+        let own = failed(libc::EIO, "cannot read the child's start time: unparsable stat line")
+            .into_spawn_error("/bin/prog")
+            .to_string();
+        assert!(own.contains("/bin/prog") && own.contains("start time"), "{own}");
+        let plain = io::Error::from_raw_os_error(libc::E2BIG).to_string();
+        let os = failed(libc::E2BIG, &plain).into_spawn_error("/bin/prog").to_string();
+        assert!(os.contains("Argument list too long"), "{os}");
+        let missing = failed(libc::ENOENT, "whatever").into_spawn_error("/bin/nope");
+        assert!(matches!(missing, SpawnError::NotFound { .. }), "{missing:?}");
+    }
+
+    #[test]
     fn request_from_command_resolves_env_dir_and_stdio() {
         let command = Command::new(["sh", "-c", "true"])
             .env_clear()

@@ -290,11 +290,16 @@ impl KeeperError {
     pub fn into_spawn_error(self, program: impl Into<String>) -> SpawnError {
         let program = program.into();
         match self {
-            KeeperError::SpawnFailed { errno, .. } => {
+            KeeperError::SpawnFailed { errno, message, .. } => {
                 let source = io::Error::from_raw_os_error(errno);
                 match source.kind() {
                     io::ErrorKind::NotFound => SpawnError::NotFound { program, source },
                     io::ErrorKind::PermissionDenied => SpawnError::PermissionDenied { program, source },
+                    // The keeper's own reason (it could not track the child, say) says more than the errno.
+                    _ if !message.is_empty() && message != source.to_string() => SpawnError::Os {
+                        program,
+                        source: io::Error::new(source.kind(), message),
+                    },
                     _ => SpawnError::Os { program, source },
                 }
             }

@@ -631,9 +631,13 @@ impl Keeper {
         };
         let start_ticks = match crate::identity::read_stat(pid) {
             Ok(Some(stat)) => stat.start_ticks,
-            _ => {
+            failed => {
                 abandon(pid, Some(&pidfd));
-                return Err((libc::EIO, "cannot read the child's start time".into()));
+                let why = match failed {
+                    Err(err) => format!("cannot read the child's start time: {err}"),
+                    Ok(_) => "the child was gone before its start time could be read".to_owned(),
+                };
+                return Err((libc::EIO, why));
             }
         };
         let index = self.free.pop().unwrap_or_else(|| {
