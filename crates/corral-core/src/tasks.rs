@@ -488,7 +488,8 @@ impl TaskEngine {
             Some(id) => uuid::Uuid::parse_str(id)
                 .map(|u| u.hyphenated().to_string())
                 .map_err(|_| EngineError::InvalidId(id.to_owned()))?,
-            None => uuid::Uuid::new_v4().to_string(),
+            // Time-ordered (UUIDv7), like process ids: inserts go to the end of the id index.
+            None => uuid::Uuid::now_v7().to_string(),
         };
         let entry = self
             .inner
