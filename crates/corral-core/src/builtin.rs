@@ -50,7 +50,7 @@ impl ProcessTask {
 
 impl TaskHandler for ProcessTask {
     fn validate(&self, params: &Value) -> Result<(), String> {
-        let params: ProcessParams = serde_json::from_value(params.clone()).map_err(|e| e.to_string())?;
+        let params: ProcessParams = Deserialize::deserialize(params).map_err(|e: serde_json::Error| e.to_string())?;
         if params.command.is_empty() || params.command[0].is_empty() {
             return Err("command must be a non-empty argv array".into());
         }
@@ -191,7 +191,7 @@ impl PipelineTask {
 
 impl TaskHandler for PipelineTask {
     fn validate(&self, params: &Value) -> Result<(), String> {
-        let spec: PipelineSpec = serde_json::from_value(params.clone()).map_err(|e| e.to_string())?;
+        let spec: PipelineSpec = Deserialize::deserialize(params).map_err(|e: serde_json::Error| e.to_string())?;
         Pipeline::new(spec).map(drop).map_err(|e| e.to_string())
     }
 
@@ -268,7 +268,7 @@ impl ExecTask {
 
 impl TaskHandler for ExecTask {
     fn validate(&self, params: &Value) -> Result<(), String> {
-        let params: ExecParams = serde_json::from_value(params.clone()).map_err(|e| e.to_string())?;
+        let params: ExecParams = Deserialize::deserialize(params).map_err(|e: serde_json::Error| e.to_string())?;
         let spec = self
             .registry
             .current()
