@@ -33,6 +33,10 @@ name = "lines"
 exec = ["/bin/sh", "-c", "sleep 0.3; echo one; sleep 0.3; echo two"]
 timeout = "30s"
 [[command]]
+name = "partial"
+exec = ["/bin/sh", "-c", "printf 'first part '; sleep 1; echo rest"]
+timeout = "30s"
+[[command]]
 name = "slow"
 exec = ["/bin/sh", "-c", "sleep 300 & sleep 300 & wait"]
 timeout = "300ms"
@@ -54,12 +58,17 @@ async fn daemon_with_tools(extra_config: &str, env: &[(&str, &str)]) -> Daemon {
 }
 
 async fn run_job(daemon: &Daemon, path: &str, args: Value) -> Value {
+    let id = submit_job(daemon, path, args).await;
+    let (_, job) = daemon.get(&format!("/exec/jobs/{id}?wait=60s")).await;
+    job
+}
+
+/// Submits a job (202 expected) and returns its id.
+async fn submit_job(daemon: &Daemon, path: &str, args: Value) -> String {
     let (status, accepted) = daemon.post(path, args).await;
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(accepted["status"], "accepted");
-    let id = accepted["job_id"].as_str().expect("UNWRAP: id").to_owned();
-    let (_, job) = daemon.get(&format!("/exec/jobs/{id}?wait=60s")).await;
-    job
+    accepted["job_id"].as_str().expect("UNWRAP: id").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,9 +359,47 @@ allow = ["exec:echo/*", "cap:ops"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_streams_its_output_and_status_as_sse() {
     let daemon = daemon_with_tools("", &[]).await;
-    let (status, accepted) = daemon.post("/exec/echo/lines", json!({})).await;
-    assert_eq!(status, 202, "{accepted}");
-    let id = accepted["job_id"].as_str().expect("UNWRAP: id").to_owned();
+    let id = submit_job(&daemon, "/exec/echo/lines", json!({})).await;
+    let text = job_stream(&daemon, &id).await;
+    let one = text.find("\"line\":\"one\"").expect("UNWRAP: line one streamed");
+    let two = text.find("\"line\":\"two\"").expect("UNWRAP: line two streamed");
+    assert!(one < two, "{text}");
+    let last_status = text.rfind("event: status").expect("UNWRAP: status events");
+    assert!(text[last_status..].contains("\"status\":\"completed\""), "{text}");
+    assert_eq!(daemon.get("/exec/jobs/nope/stream").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_joined_mid_line_keeps_the_start_of_that_line() {
+    let daemon = daemon_with_tools("", &[]).await;
+    let id = submit_job(&daemon, "/exec/echo/partial", json!({})).await;
+    // Join once the first half of the line is written (and nobody listened to it).
+    wait_until("the first half is written", || async {
+        let process = daemon.get(&format!("/processes?label=job%3D{id}")).await.1;
+        let Some(process_id) = process
+            .as_array()
+            .and_then(|l| l.first())
+            .and_then(|p| p["id"].as_str())
+        else {
+            return false;
+        };
+        let (_, output) = daemon.get(&format!("/processes/{process_id}/output")).await;
+        output.to_string().contains("first part")
+    })
+    .await;
+    let text = job_stream(&daemon, &id).await;
+    // As output events (the final status event carries the whole stdout anyway).
+    let first = text
+        .find("\"line\":\"first part \"")
+        .expect("UNWRAP: the start of the line is streamed");
+    let rest = text.find("\"line\":\"rest\"").expect("UNWRAP: the rest is streamed");
+    assert!(first < rest, "{text}");
+    let last_status = text.rfind("event: status").expect("UNWRAP: status events");
+    assert!(text[last_status..].contains("\"status\":\"completed\""), "{text}");
+}
+
+/// The whole SSE body of `GET /exec/jobs/{id}/stream`, which ends when the job does.
+async fn job_stream(daemon: &Daemon, id: &str) -> String {
     let stream = tokio::net::UnixStream::connect(&daemon.socket)
         .await
         .expect("UNWRAP: connect");
@@ -374,13 +421,7 @@ async fn a_job_streams_its_output_and_status_as_sse() {
     .expect("UNWRAP: the stream ends when the job does")
     .expect("UNWRAP: body")
     .to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    let one = text.find("\"line\":\"one\"").expect("UNWRAP: line one streamed");
-    let two = text.find("\"line\":\"two\"").expect("UNWRAP: line two streamed");
-    assert!(one < two, "{text}");
-    let last_status = text.rfind("event: status").expect("UNWRAP: status events");
-    assert!(text[last_status..].contains("\"status\":\"completed\""), "{text}");
-    assert_eq!(daemon.get("/exec/jobs/nope/stream").await.0, 404);
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -295,21 +295,10 @@ async fn feed_job(state: &AppState, id: &str, sender: &tokio::sync::mpsc::Sender
         if let Some(process_id) = process_id.filter(|p| streamed_process.as_ref() != Some(p)) {
             streamed_process = Some(process_id.clone());
             if let Some(mut follow) = state.inner.processes.follow(&process_id) {
-                // What it wrote before we subscribed, then live lines: each line once.
-                for stream in [corral_proc::Stream::Stdout, corral_proc::Stream::Stderr] {
-                    if let Some(out) = follow.take_output(stream) {
-                        let mut splitter = corral_proc::LineSplitter::new(corral_proc::DEFAULT_LINE_MAX);
-                        let mut lines = Vec::new();
-                        splitter.push(&bytes::Bytes::from(out.bytes), &mut lines);
-                        for line in &lines {
-                            if sender
-                                .send(crate::daemon::server::output_event(stream, line))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
+                // What it wrote before we subscribed, then live lines.
+                for event in crate::daemon::server::backlog_events(&mut follow) {
+                    if sender.send(event).await.is_err() {
+                        return;
                     }
                 }
                 let mut events = follow.events;

@@ -631,18 +631,7 @@ async fn process_output(
 /// SSE: what was captured so far (as lines), then live lines, then an `exit` event with the record.
 async fn follow_output(state: AppState, id: String) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let mut subscription = state.inner.processes.follow(&id);
-    let mut backlog = Vec::new();
-    if let Some(follow) = subscription.as_mut() {
-        for stream_kind in [corral_proc::Stream::Stdout, corral_proc::Stream::Stderr] {
-            if let Some(out) = follow.take_output(stream_kind) {
-                let mut splitter = corral_proc::LineSplitter::new(corral_proc::DEFAULT_LINE_MAX);
-                let mut lines = Vec::new();
-                splitter.push(&Bytes::from(out.bytes), &mut lines);
-                lines.extend(splitter.finish());
-                backlog.extend(lines.into_iter().map(|line| output_event(stream_kind, &line)));
-            }
-        }
-    }
+    let backlog = subscription.as_mut().map(backlog_events).unwrap_or_default();
     let events = subscription.map(|follow| follow.events);
     let processes = state.inner.processes.clone();
     let live = stream::unfold(
@@ -686,6 +675,23 @@ async fn follow_output(state: AppState, id: String) -> Sse<impl Stream<Item = Re
         .chain(live)
         .take_until(shutting_down(&state));
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// The output events of what a follower's snapshot holds, stdout then stderr, taken out of `follow`. A last
+/// line without its newline comes too (marked `eof`): nobody listening, the process keeps no partial line,
+/// so the rest of it comes live as a line of its own; dropping it here lost the start of that line.
+pub(crate) fn backlog_events(follow: &mut corral_proc::Follow) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    for stream in [corral_proc::Stream::Stdout, corral_proc::Stream::Stderr] {
+        if let Some(out) = follow.take_output(stream) {
+            let mut splitter = corral_proc::LineSplitter::new(corral_proc::DEFAULT_LINE_MAX);
+            let mut lines = Vec::new();
+            splitter.push(&Bytes::from(out.bytes), &mut lines);
+            lines.extend(splitter.finish());
+            events.extend(lines.iter().map(|line| output_event(stream, line)));
+        }
+    }
+    events
 }
 
 pub(crate) fn output_event(stream: corral_proc::Stream, line: &corral_proc::Line) -> SseEvent {
