@@ -335,26 +335,34 @@ async fn spool_keeps_the_first_mebibyte_and_counts_the_rest() {
     assert!(within("reap", client.reap("flood")).await.expect("UNWRAP: reaps"));
 }
 
+/// Runs `script` (a shell that starts children, prints their pids and exits 0) as the keeper's child `id`,
+/// waits for its exit (not reaped) and returns the printed pids, read once the orphans, which share its
+/// stdout, have exited too.
+async fn orphans_of(client: &Client, id: &str, script: &str) -> Vec<u32> {
+    let mut child = spawn(client, id, Command::new(["sh", "-c", script]).stderr(OutputMode::Null)).await;
+    let exited = within("exit", client.wait_exit(id)).await.expect("UNWRAP: exits");
+    assert_eq!(exited.status, code(0));
+    let stdout = read_all(child.stdout.take().expect("UNWRAP: captured")).await;
+    String::from_utf8_lossy(&stdout)
+        .split_whitespace()
+        .map(|pid| pid.parse().expect("UNWRAP: a pid"))
+        .collect()
+}
+
 #[tokio::test]
 async fn orphans_are_reaped_by_the_keeper() {
     let keeper = TestKeeper::start();
     let (client, _) = keeper.connect().await;
-    let mut child = spawn(
-        &client,
-        "parent",
-        Command::new(["sh", "-c", "sleep 0.3 & echo $!; exit 0"]).stderr(OutputMode::Null),
-    )
-    .await;
-    let exited = within("exit", client.wait_exit("parent")).await.expect("UNWRAP: exits");
-    assert_eq!(exited.status, code(0));
-    // End of file comes once the orphan, which shares the pipe, exits too.
-    let stdout = read_all(child.stdout.take().expect("UNWRAP: captured")).await;
-    let orphan: u32 = String::from_utf8_lossy(&stdout).trim().parse().expect("UNWRAP: a pid");
+    let orphans = orphans_of(&client, "parent", "sleep 0.3 & echo $!; exit 0").await;
+    let [orphan] = orphans[..] else {
+        panic!("one orphan pid expected: {orphans:?}")
+    };
     if let Ok(Some(stat)) = read_stat(orphan) {
         if !stat.is_dead() {
             assert_eq!(stat.ppid, keeper.pid, "re-parented to the keeper, a subreaper");
         }
     }
+    // The tracked parent is still unreaped: the orphan is reaped past it.
     wait_until("the orphan is reaped", || read_stat(orphan).ok().flatten().is_none()).await;
     assert!(within("reap", client.reap("parent")).await.expect("UNWRAP: reaps"));
     wait_until("no zombie under the keeper", || keeper.children().is_empty()).await;
@@ -366,26 +374,10 @@ async fn orphans_exiting_in_a_burst_are_all_reaped() {
     // listing the keeper owes itself, with no further SIGCHLD to prompt it.
     let keeper = TestKeeper::start();
     let (client, _) = keeper.connect().await;
-    let mut child = spawn(
-        &client,
-        "burst",
-        Command::new([
-            "sh",
-            "-c",
-            "sleep 0.3 & a=$!; sleep 0.32 & b=$!; sleep 0.34 & c=$!; echo $a $b $c; exit 0",
-        ])
-        .stderr(OutputMode::Null),
-    )
-    .await;
-    let exited = within("exit", client.wait_exit("burst")).await.expect("UNWRAP: exits");
-    assert_eq!(exited.status, code(0));
-    assert!(within("reap", client.reap("burst")).await.expect("UNWRAP: reaps"));
-    let stdout = read_all(child.stdout.take().expect("UNWRAP: captured")).await;
-    let orphans: Vec<u32> = String::from_utf8_lossy(&stdout)
-        .split_whitespace()
-        .map(|pid| pid.parse().expect("UNWRAP: a pid"))
-        .collect();
+    let script = "sleep 0.3 & a=$!; sleep 0.32 & b=$!; sleep 0.34 & c=$!; echo $a $b $c; exit 0";
+    let orphans = orphans_of(&client, "burst", script).await;
     assert_eq!(orphans.len(), 3);
+    assert!(within("reap", client.reap("burst")).await.expect("UNWRAP: reaps"));
     for orphan in orphans {
         wait_until("every orphan is reaped", || read_stat(orphan).ok().flatten().is_none()).await;
     }
