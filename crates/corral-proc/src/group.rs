@@ -72,8 +72,18 @@ mod tests {
     }
 
     #[test]
-    fn own_group_has_live_members() {
-        let own = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
-        assert!(group_has_live_members(own).expect("UNWRAP: /proc readable"));
+    fn a_group_has_live_members_until_its_last_one_is_reaped() {
+        // A group of our own making: the test runner's group leader may be outside our PID namespace (pgrp 0).
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("UNWRAP: spawn sleep");
+        let pgid = child.id();
+        assert!(group_has_live_members(pgid).expect("UNWRAP: /proc readable"));
+        signal_group(pgid, Signal::KILL).expect("UNWRAP: signal own group");
+        child.wait().expect("UNWRAP: reap");
+        assert!(!group_has_live_members(pgid).expect("UNWRAP: /proc readable"));
     }
 }

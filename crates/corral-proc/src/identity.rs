@@ -324,13 +324,13 @@ mod tests {
         let own = read_stat(std::process::id())
             .expect("UNWRAP: own stat")
             .expect("UNWRAP: we exist");
-        assert_eq!(
-            own.session,
-            rustix::process::getsid(None)
-                .expect("UNWRAP: getsid")
-                .as_raw_nonzero()
-                .get() as u32
-        );
+        // Raw libc calls: in a container the session or group leader may sit outside our PID namespace, and
+        // the kernel then reports 0, which rustix's non-zero `Pid` cannot hold (CI runs in such a container).
+        // SAFETY: getsid(0), getpgrp() and getppid() only read the caller's own ids.
+        let (sid, pgrp, ppid) = unsafe { (libc::getsid(0), libc::getpgrp(), libc::getppid()) };
+        assert_eq!(own.session, sid as u32);
+        assert_eq!(own.pgrp, pgrp as u32);
+        assert_eq!(own.ppid, ppid as u32);
         assert!(read_small("/nonexistent/corral").is_err());
     }
 
