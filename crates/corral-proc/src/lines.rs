@@ -91,6 +91,11 @@ impl LineSplitter {
         })
     }
 
+    /// Bytes of a partial line held back: the next line that comes out starts with them.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
+    }
+
     /// Forgets a pending partial line.
     pub fn reset(&mut self) {
         self.partial.clear();

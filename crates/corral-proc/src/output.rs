@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
@@ -130,13 +131,23 @@ fn rename_if_exists(from: &Path, to: &Path) -> io::Result<()> {
 #[derive(Debug)]
 pub(crate) struct Capture {
     pub(crate) ring: Mutex<RingBuffer>,
+    /// How many of the ring's newest bytes the pump's line splitter holds as a partial line, which its next
+    /// line event will carry whole. Written and read only under the ring's lock (hence `Relaxed`), so
+    /// that a follower's snapshot and this count agree.
+    partial: AtomicUsize,
 }
 
 impl Capture {
     pub(crate) fn new(capacity: usize) -> Self {
         Capture {
             ring: Mutex::new(RingBuffer::new(capacity)),
+            partial: AtomicUsize::new(0),
         }
+    }
+
+    /// See [`Capture::partial`]; the caller holds the ring's lock.
+    pub(crate) fn partial_locked(&self, _ring: &RingBuffer) -> usize {
+        self.partial.load(Ordering::Relaxed)
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, RingBuffer> {
@@ -226,7 +237,7 @@ impl Pump {
             };
             if self.buf.capacity() == 0 {
                 if let Err(err) = ready!(receiver.poll_read_ready(cx)) {
-                    return self.close(events, Some(err));
+                    return self.close(Some(capture), events, Some(err));
                 }
             }
             if chunks == CHUNKS_PER_POLL {
@@ -236,7 +247,7 @@ impl Pump {
             self.buf.reserve(self.chunk);
             let spare = self.buf.capacity() - self.buf.len();
             match receiver.try_read_buf(&mut self.buf) {
-                Ok(0) => return self.close(events, None),
+                Ok(0) => return self.close(Some(capture), events, None),
                 Ok(n) => {
                     if n == spare {
                         self.chunk = (self.chunk * 4).min(READ_CHUNK);
@@ -247,25 +258,37 @@ impl Pump {
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.buf = BytesMut::new(),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return self.close(events, Some(err)),
+                Err(err) => return self.close(Some(capture), events, Some(err)),
             }
         }
     }
 
     /// Stops reading: the last unterminated line goes out, the pipe is closed.
-    fn close(&mut self, events: &EventSender, error: Option<io::Error>) -> Poll<()> {
+    fn close(&mut self, capture: Option<&Capture>, events: &EventSender, error: Option<io::Error>) -> Poll<()> {
         if let Some(err) = error {
             tracing::warn!(stream = self.stream.as_str(), error = %err, "output capture stopped");
         }
         self.receiver = None;
         self.buf = BytesMut::new();
-        if let Some(line) = self.splitter.finish() {
-            if events.has_listeners() {
-                events.send(EventKind::Output {
-                    stream: self.stream,
-                    lines: vec![line].into(),
-                });
+        let stream = self.stream;
+        let send_last = |splitter: &mut LineSplitter| {
+            if let Some(line) = splitter.finish() {
+                if events.has_listeners() {
+                    events.send(EventKind::Output {
+                        stream,
+                        lines: vec![line].into(),
+                    });
+                }
             }
+        };
+        // Under the ring's lock, like every chunk's event: a follower either sees the partial line counted
+        // in its snapshot and gets this event, or sees it already sent and the count back at zero.
+        match capture {
+            Some(capture) => capture.with_ring(|_| {
+                send_last(&mut self.splitter);
+                capture.partial.store(0, Ordering::Relaxed);
+            }),
+            None => send_last(&mut self.splitter),
         }
         Poll::Ready(())
     }
@@ -306,6 +329,7 @@ impl Pump {
                 // that line as its first line.
                 splitter.reset();
             }
+            capture.partial.store(splitter.pending(), Ordering::Relaxed);
         });
     }
 }
@@ -353,9 +377,11 @@ impl Pumps {
     }
 
     /// Stops reading both streams, what is left in the pipes unread.
-    pub(crate) fn close(&mut self) {
-        for pump in [&mut self.stdout, &mut self.stderr].into_iter().flatten() {
-            let _ = pump.close(&self.events, None);
+    pub(crate) fn close(&mut self, stdout_capture: Option<&Capture>, stderr_capture: Option<&Capture>) {
+        for (pump, capture) in [(&mut self.stdout, stdout_capture), (&mut self.stderr, stderr_capture)] {
+            if let Some(pump) = pump {
+                let _ = pump.close(capture, &self.events, None);
+            }
         }
     }
 }

@@ -202,9 +202,25 @@ pub struct Follow {
     pub stderr: Option<CapturedOutput>,
     /// The events from the snapshot on.
     pub events: Events,
+    /// Per stream (stdout, stderr): how many of the snapshot's last bytes begin a line that the first
+    /// output event of that stream carries whole (see [`Follow::partial_line`]).
+    partial: [usize; 2],
 }
 
 impl Follow {
+    /// How many bytes at the end of `stream`'s snapshot are the start of an unfinished line that the first
+    /// [`EventKind::Output`] event of that stream will carry whole, those bytes included. A follower that
+    /// shows the snapshot's unfinished last line must leave them out, or it shows them twice. Zero when
+    /// the process keeps no partial line (nobody was listening when that line began: the event then
+    /// carries only the rest of it) or when the snapshot ends with a whole line. It may exceed the
+    /// snapshot's length when the ring kept less than the partial line.
+    pub fn partial_line(&self, stream: Stream) -> usize {
+        match stream {
+            Stream::Stdout => self.partial[0],
+            Stream::Stderr => self.partial[1],
+        }
+    }
+
     /// Takes the snapshot of one stream out (`None` the second time, or when it is not captured).
     pub fn take_output(&mut self, stream: Stream) -> Option<CapturedOutput> {
         match stream {
@@ -677,17 +693,23 @@ impl Process {
     pub fn follow(&self) -> Follow {
         // Lock order: stdout's ring, stderr's ring, then the event slot (in `subscribe`); the pumps take one
         // ring, then the slot.
-        let stdout = self.shared.stdout.as_ref().map(|capture| capture.lock());
-        let stderr = self.shared.stderr.as_ref().map(|capture| capture.lock());
+        let stdout = self.shared.stdout.as_ref().map(|capture| (capture, capture.lock()));
+        let stderr = self.shared.stderr.as_ref().map(|capture| (capture, capture.lock()));
         let events = self.subscribe();
         let snapshot = |ring: &crate::RingBuffer| CapturedOutput {
             bytes: ring.contents(),
             dropped: ring.dropped(),
             total: ring.total_written(),
         };
+        let partial = |locked: &Option<(&Capture, std::sync::MutexGuard<'_, crate::RingBuffer>)>| {
+            locked
+                .as_ref()
+                .map_or(0, |(capture, ring)| capture.partial_locked(ring))
+        };
         Follow {
-            stdout: stdout.as_deref().map(snapshot),
-            stderr: stderr.as_deref().map(snapshot),
+            partial: [partial(&stdout), partial(&stderr)],
+            stdout: stdout.as_ref().map(|(_, ring)| snapshot(ring)),
+            stderr: stderr.as_ref().map(|(_, ring)| snapshot(ring)),
             events,
         }
     }
@@ -1153,7 +1175,7 @@ impl Actor {
             _ = read_output(&mut self.pumps, &self.shared) => {}
             _ = sleep_on(&mut self.timer, Some(deadline)) => {
                 tracing::debug!(pid = self.pid, "output still open after the group ended; closing it");
-                self.pumps.close();
+                self.pumps.close(self.shared.stdout.as_ref(), self.shared.stderr.as_ref());
             }
         }
     }

@@ -201,3 +201,58 @@ async fn follow_gives_every_byte_once_snapshot_then_events() {
     assert_eq!(text.len(), expected.len(), "no byte twice, none lost");
     assert_eq!(text, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_follower_joining_mid_line_is_told_which_bytes_come_again() {
+    let dir = std::env::temp_dir().join(format!("corral-follow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("UNWRAP: temp dir");
+    let (go1, go2) = (dir.join("go1"), dir.join("go2"));
+    let script = format!(
+        "while [ ! -e {0} ]; do sleep 0.01; done; printf 'first part '; \
+         while [ ! -e {1} ]; do sleep 0.01; done; echo rest",
+        go1.display(),
+        go2.display()
+    );
+    let process = Command::new(["sh", "-c", script.as_str()])
+        .spawn()
+        .expect("UNWRAP: spawn");
+    // A listens before the line begins, so the process holds the start of the line for its event.
+    let first = process.follow();
+    assert_eq!(first.partial_line(Stream::Stdout), 0, "nothing written yet");
+    std::fs::write(&go1, b"").expect("UNWRAP: go1");
+    let written = async {
+        while process.output(Stream::Stdout).is_none_or(|out| out.total < 11) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), written)
+        .await
+        .expect("UNWRAP: the first part is written");
+    // B joins mid-line: its snapshot has "first part ", and the first event will carry it again.
+    let mut second = process.follow();
+    assert_eq!(second.partial_line(Stream::Stdout), 11);
+    let snapshot = second.take_output(Stream::Stdout).expect("UNWRAP: captured");
+    assert_eq!(snapshot.bytes, b"first part ");
+    std::fs::write(&go2, b"").expect("UNWRAP: go2");
+    let lines = |mut events: corral_proc::Events| async move {
+        let mut lines = Vec::new();
+        while let Some(received) = events.recv().await {
+            if let Received::Event(event) = received {
+                if let EventKind::Output { lines: batch, .. } = event.kind {
+                    lines.extend(batch.iter().map(|l| l.to_string_lossy()));
+                }
+            }
+        }
+        lines
+    };
+    let (a, b) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(lines(first.events), lines(second.events))
+    })
+    .await
+    .expect("UNWRAP: both subscriptions end after the exit");
+    assert_eq!(a, ["first part rest"]);
+    assert_eq!(b, ["first part rest"], "the held bytes come whole in the first event");
+    // With nobody listening now, a new follower's snapshot holds no partial line.
+    assert_eq!(process.follow().partial_line(Stream::Stdout), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

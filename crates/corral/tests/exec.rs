@@ -398,6 +398,123 @@ async fn a_stream_joined_mid_line_keeps_the_start_of_that_line() {
     assert!(text[last_status..].contains("\"status\":\"completed\""), "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stream_joined_mid_line_gets_that_line_once() {
+    // While one follower listens, the process holds a partial line for its next event, which carries the
+    // line whole; a second follower joining mid-line got the start of it twice (snapshot, then event).
+    let daemon = daemon_with_tools("", &[]).await;
+    let (go1, go2) = (daemon.dir.0.join("go1"), daemon.dir.0.join("go2"));
+    let script = format!(
+        "echo ready; while [ ! -e {0} ]; do sleep 0.01; done; printf 'first part '; \
+         while [ ! -e {1} ]; do sleep 0.01; done; echo rest",
+        go1.display(),
+        go2.display()
+    );
+    let tool = format!(
+        "name = \"stage\"\n[[command]]\nname = \"line\"\nexec = [\"/bin/sh\", \"-c\", {script:?}]\ntimeout = \"60s\"\n"
+    );
+    std::fs::write(daemon.dir.0.join("tools.d").join("stage.toml"), tool).expect("UNWRAP: write tool");
+    wait_until("tool loaded", || async {
+        daemon.get("/tools").await.1["tools"]
+            .as_array()
+            .is_some_and(|tools| tools.iter().any(|t| t["name"] == "stage"))
+    })
+    .await;
+    let id = submit_job(&daemon, "/exec/stage/line", json!({})).await;
+    // The first follower has subscribed once it streams "ready" (sent after its subscription was taken).
+    let mut first = JobStream::open(&daemon, &id).await;
+    first.read_until("\"line\":\"ready\"").await;
+    std::fs::write(&go1, b"").expect("UNWRAP: go1");
+    wait_until("the first part is written", || async {
+        let (_, job) = daemon.get(&format!("/exec/jobs/{id}")).await;
+        let process = daemon.get(&format!("/processes?label=job%3D{id}")).await.1;
+        let Some(process_id) = process
+            .as_array()
+            .and_then(|l| l.first())
+            .and_then(|p| p["id"].as_str())
+        else {
+            return false;
+        };
+        let (_, output) = daemon.get(&format!("/processes/{process_id}/output")).await;
+        job["status"] == "running" && output.to_string().contains("first part")
+    })
+    .await;
+    let mut second = JobStream::open(&daemon, &id).await;
+    second.read_until("\"line\":\"ready\"").await;
+    std::fs::write(&go2, b"").expect("UNWRAP: go2");
+    for (name, stream) in [("first", &mut first), ("second", &mut second)] {
+        let text = stream.read_to_end().await;
+        let lines: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|l| l.starts_with("{\"stream\""))
+            .collect();
+        assert_eq!(lines.len(), 2, "{name}: ready, then the one line: {text}");
+        assert!(lines[1].contains("\"line\":\"first part rest\""), "{name}: {text}");
+    }
+}
+
+/// `GET /exec/jobs/{id}/stream`, read as it comes.
+struct JobStream {
+    body: hyper::body::Incoming,
+    text: String,
+}
+
+impl JobStream {
+    async fn open(daemon: &Daemon, id: &str) -> JobStream {
+        let stream = tokio::net::UnixStream::connect(&daemon.socket)
+            .await
+            .expect("UNWRAP: connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("UNWRAP: http");
+        tokio::spawn(connection);
+        let request = hyper::Request::get(format!("/exec/jobs/{id}/stream"))
+            .header("host", "localhost")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("UNWRAP: request");
+        let response = sender.send_request(request).await.expect("UNWRAP: response");
+        assert_eq!(response.status(), 200);
+        JobStream {
+            body: response.into_body(),
+            text: String::new(),
+        }
+    }
+
+    /// Reads until the body holds `needle`.
+    async fn read_until(&mut self, needle: &str) {
+        let read = async {
+            while !self.text.contains(needle) {
+                let frame = http_body_util::BodyExt::frame(&mut self.body)
+                    .await
+                    .expect("UNWRAP: the stream is open")
+                    .expect("UNWRAP: body");
+                if let Some(data) = frame.data_ref() {
+                    self.text.push_str(&String::from_utf8_lossy(data));
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .unwrap_or_else(|_| panic!("no {needle} in {}", self.text));
+    }
+
+    /// Reads until the stream ends (with the job) and returns all of it.
+    async fn read_to_end(&mut self) -> String {
+        let read = async {
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut self.body).await {
+                if let Some(data) = frame.expect("UNWRAP: body").data_ref() {
+                    self.text.push_str(&String::from_utf8_lossy(data));
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .expect("UNWRAP: the stream ends when the job does");
+        self.text.clone()
+    }
+}
+
 /// The whole SSE body of `GET /exec/jobs/{id}/stream`, which ends when the job does.
 async fn job_stream(daemon: &Daemon, id: &str) -> String {
     let stream = tokio::net::UnixStream::connect(&daemon.socket)

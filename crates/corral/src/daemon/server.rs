@@ -678,15 +678,20 @@ async fn follow_output(state: AppState, id: String) -> Sse<impl Stream<Item = Re
 }
 
 /// The output events of what a follower's snapshot holds, stdout then stderr, taken out of `follow`. A last
-/// line without its newline comes too (marked `eof`): nobody listening, the process keeps no partial line,
-/// so the rest of it comes live as a line of its own; dropping it here lost the start of that line.
+/// line without its newline comes too (marked `eof`) when nobody was listening as it began: the process
+/// then keeps no partial line, so the rest of it comes live as a line of its own, and dropping it here
+/// lost the start of that line. When another follower was listening, the process holds that partial line
+/// and its next event carries it whole: those bytes are left out here, or they would come twice.
 pub(crate) fn backlog_events(follow: &mut corral_proc::Follow) -> Vec<SseEvent> {
     let mut events = Vec::new();
     for stream in [corral_proc::Stream::Stdout, corral_proc::Stream::Stderr] {
+        let held = follow.partial_line(stream);
         if let Some(out) = follow.take_output(stream) {
+            let mut bytes = out.bytes;
+            bytes.truncate(bytes.len().saturating_sub(held));
             let mut splitter = corral_proc::LineSplitter::new(corral_proc::DEFAULT_LINE_MAX);
             let mut lines = Vec::new();
-            splitter.push(&Bytes::from(out.bytes), &mut lines);
+            splitter.push(&Bytes::from(bytes), &mut lines);
             lines.extend(splitter.finish());
             events.extend(lines.iter().map(|line| output_event(stream, line)));
         }
