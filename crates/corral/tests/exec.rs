@@ -517,28 +517,7 @@ impl JobStream {
 
 /// The whole SSE body of `GET /exec/jobs/{id}/stream`, which ends when the job does.
 async fn job_stream(daemon: &Daemon, id: &str) -> String {
-    let stream = tokio::net::UnixStream::connect(&daemon.socket)
-        .await
-        .expect("UNWRAP: connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .expect("UNWRAP: http");
-    tokio::spawn(connection);
-    let request = hyper::Request::get(format!("/exec/jobs/{id}/stream"))
-        .header("host", "localhost")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .expect("UNWRAP: request");
-    let response = sender.send_request(request).await.expect("UNWRAP: response");
-    assert_eq!(response.status(), 200);
-    let body = tokio::time::timeout(
-        Duration::from_secs(60),
-        http_body_util::BodyExt::collect(response.into_body()),
-    )
-    .await
-    .expect("UNWRAP: the stream ends when the job does")
-    .expect("UNWRAP: body")
-    .to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
+    JobStream::open(daemon, id).await.read_to_end().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
