@@ -17,18 +17,13 @@ OLD=${1:?usage: bench/exec-ab.sh OLD_CORRAL NEW_CORRAL}
 NEW=${2:?usage: bench/exec-ab.sh OLD_CORRAL NEW_CORRAL}
 ROUNDS=${ROUNDS:-2}
 SECS=${SECS:-6}
-TMP=$(mktemp -d)
-trap 'kill $(cat "$TMP"/*/pid 2>/dev/null) 2>/dev/null || true; rm -rf "$TMP"' EXIT
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 cat > "$TMP/load.py" <<'PY'
-import http.client, os, socket, sys, time
-class Unix(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("corral")
-        self.path_ = path
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(self.path_)
+import os, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from unixhttp import Unix
 def run(path, secs):
     conn, n, start = Unix(path), 0, time.time()
     while time.time() - start < secs:
@@ -53,39 +48,13 @@ total = sum(int(os.read(r, 64) or b"0") for r in pipes)
 print(total)
 PY
 
-start() { # start NAME BINARY EXTRA_CONFIG -> a daemon in $TMP/NAME
-    local dir=$TMP/$1
-    rm -rf "$dir" && mkdir -p "$dir/etc/tools.d"
-    printf 'tools_dir = "tools.d"\njob_ttl = "1h"\n\n[tasks]\nkeep = 1000000000\nretention = "1000h"\n%s\n' "$3" > "$dir/etc/corral.toml"
-    printf 'name = "bench"\n\n[[command]]\nname = "true"\nexec = ["/bin/true"]\ntimeout = "10s"\n' > "$dir/etc/tools.d/bench.toml"
-    "$2" daemon --config "$dir/etc/corral.toml" --state-dir "$dir/state" > "$dir/log" 2>&1 &
-    echo $! > "$dir/pid"
-    for _ in $(seq 200); do
-        curl -sf --unix-socket "$dir/state/corral.sock" http://corral/ready > /dev/null && return 0
-        sleep 0.05
-    done
-    echo "daemon $1 did not get ready; its log:" >&2; tail "$dir/log" >&2; exit 1
-}
-# CPU time (clock ticks) of the daemon and of its keeper: utime + stime from /proc/<pid>/stat.
-ticks() { if [[ $1 == 0 ]]; then echo 0; else awk '{print $14 + $15}' "/proc/$1/stat"; fi; }
-# The keeper holds its state dir's keeper.sock.lock open.
-keeper_of() {
-    local p
-    for p in $(pgrep -f ' keeper$'); do
-        if [[ $(readlink "/proc/$p/fd/3" 2>/dev/null) == "$TMP/$1/state/keeper.sock.lock" ]]; then echo "$p"; return; fi
-    done
-    echo 0 # none: keeper off, or a build from before the keeper
-}
-stop() { kill "$(cat "$TMP/$1/pid")"; wait "$(cat "$TMP/$1/pid")" 2>/dev/null || true; }
-
-TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
 echo "| round | build | clients | jobs/s | daemon CPU µs/job | keeper CPU µs/job |"
 echo "|---:|---|---:|---:|---:|---:|"
 for round in $(seq "$ROUNDS"); do
     if (( round % 2 )); then order="old new"; else order="new old"; fi
     for name in $order; do
         binary=$OLD config=${OLD_CONFIG:-}; [[ $name == new ]] && binary=$NEW config=${NEW_CONFIG:-}
-        start "$name" "$binary" "$config"
+        start_daemon "$name" "$binary" "$config"
         daemon=$(cat "$TMP/$name/pid"); keeper=$(keeper_of "$name")
         for clients in 1 8; do
             d0=$(ticks "$daemon"); k0=$(ticks "$keeper")
@@ -93,7 +62,7 @@ for round in $(seq "$ROUNDS"); do
             d1=$(ticks "$daemon"); k1=$(ticks "$keeper")
             echo "| $round | $name | $clients | $(( jobs / SECS )) | $(( (d1 - d0) * TICK_US / jobs )) | $(( (k1 - k0) * TICK_US / jobs )) |"
         done
-        stop "$name"
+        stop_daemon "$name"
     done
 done
 
@@ -102,13 +71,13 @@ echo "| build | syscalls per job (strace -f -c of the daemon, 1 client, 4 s) |"
 echo "|---|---|"
 for name in old new; do
     binary=$OLD config=${OLD_CONFIG:-}; [[ $name == new ]] && binary=$NEW config=${NEW_CONFIG:-}
-    start "$name" "$binary" "$config"
+    start_daemon "$name" "$binary" "$config"
     python3 "$TMP/load.py" "$TMP/$name/state/corral.sock" 1 1 > /dev/null
     timeout 5 strace -f -c -p "$(cat "$TMP/$name/pid")" -o "$TMP/$name/strace" 2>/dev/null &
     tracer=$!
     sleep 0.5
     jobs=$(python3 "$TMP/load.py" "$TMP/$name/state/corral.sock" 4 1)
     wait "$tracer" || true
-    stop "$name"
+    stop_daemon "$name"
     echo "| $name | $(awk -v n="$jobs" '$1 ~ /^[0-9.]+$/ && NF >= 5 {printf "%s %.1f, ", $NF, $4 / n}' "$TMP/$name/strace") |"
 done

@@ -11,18 +11,13 @@ set -euo pipefail
 
 BIN=${1:-target/release/corral}
 SECS=${SECS:-5}
-TMP=$(mktemp -d)
-trap 'kill $(cat "$TMP"/*/pid 2>/dev/null) 2>/dev/null || true; rm -rf "$TMP"' EXIT
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 cat > "$TMP/load.py" <<'PY'
-import http.client, socket, sys, time
-class Unix(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("corral")
-        self.path_ = path
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(self.path_)
+import os, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from unixhttp import Unix
 path, secs, method, url = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
 conn, n, start = Unix(path), 0, time.time()
 while time.time() - start < secs:
@@ -36,39 +31,21 @@ while time.time() - start < secs:
 print(n)
 PY
 
-ticks() { if [[ $1 == 0 ]]; then echo 0; else awk '{print $14 + $15}' "/proc/$1/stat"; fi; }
-keeper_of() { # the keeper holds its state dir's keeper.sock.lock open
-    local p
-    for p in $(pgrep -f ' keeper$'); do
-        if [[ $(readlink "/proc/$p/fd/3" 2>/dev/null) == "$1/state/keeper.sock.lock" ]]; then echo "$p"; return; fi
-    done
-    echo 0
-}
-TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
-
-variant() { # variant NAME EXTRA_CONFIG METHOD URL
-    local dir=$TMP/$1
-    mkdir -p "$dir/etc/tools.d"
-    printf 'tools_dir = "tools.d"\njob_ttl = "1h"\n\n[tasks]\nkeep = 1000000000\nretention = "1000h"\n%b\n' "$2" > "$dir/etc/corral.toml"
-    printf 'name = "bench"\n\n[[command]]\nname = "true"\nexec = ["/bin/true"]\ntimeout = "10s"\n' > "$dir/etc/tools.d/bench.toml"
-    "$BIN" daemon --config "$dir/etc/corral.toml" --state-dir "$dir/state" > "$dir/log" 2>&1 &
-    local daemon=$!
-    echo "$daemon" > "$dir/pid"
-    for _ in $(seq 200); do
-        curl -sf --unix-socket "$dir/state/corral.sock" http://corral/ready > /dev/null && break
-        sleep 0.05
-    done
-    python3 "$TMP/load.py" "$dir/state/corral.sock" 1 "$3" "$4" > /dev/null # warm-up
-    local keeper d0 k0 n d1 k1
-    keeper=$(keeper_of "$dir"); d0=$(ticks "$daemon"); k0=$(ticks "$keeper")
-    n=$(python3 "$TMP/load.py" "$dir/state/corral.sock" "$SECS" "$3" "$4")
+variant() { # variant NAME LABEL EXTRA_CONFIG METHOD URL
+    local name=$1 label=$2 config=$3 method=$4 url=$5
+    local socket=$TMP/$name/state/corral.sock daemon keeper d0 k0 n d1 k1
+    start_daemon "$name" "$BIN" "$config"
+    daemon=$(cat "$TMP/$name/pid"); keeper=$(keeper_of "$name")
+    python3 "$TMP/load.py" "$socket" 1 "$method" "$url" > /dev/null # warm-up
+    d0=$(ticks "$daemon"); k0=$(ticks "$keeper")
+    n=$(python3 "$TMP/load.py" "$socket" "$SECS" "$method" "$url")
     d1=$(ticks "$daemon"); k1=$(ticks "$keeper")
-    echo "| $1 | $(( n / SECS )) | $(( (d1 - d0) * TICK_US / n )) | $(( (k1 - k0) * TICK_US / n )) |"
-    kill "$daemon"; wait "$daemon" 2>/dev/null || true
+    echo "| $label | $(( n / SECS )) | $(( (d1 - d0) * TICK_US / n )) | $(( (k1 - k0) * TICK_US / n )) |"
+    stop_daemon "$name"
 }
 
 echo "| request | per second | daemon CPU µs/request | keeper CPU µs/request |"
 echo "|---|---:|---:|---:|"
-variant "GET /health" "" GET /health
-variant "exec job (POST ...?wait=30s)" "" POST "/exec/bench/true?wait=30s"
-variant "exec job, keeper = false" "[processes]\nkeeper = false" POST "/exec/bench/true?wait=30s"
+variant health "GET /health" "" GET /health
+variant exec "exec job (POST ...?wait=30s)" "" POST "/exec/bench/true?wait=30s"
+variant nokeeper "exec job, keeper = false" "[processes]\nkeeper = false" POST "/exec/bench/true?wait=30s"
