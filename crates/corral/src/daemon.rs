@@ -45,7 +45,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[error("{0}")]
 pub(crate) struct UsageError(pub(crate) String);
 
-/// Logs to stderr; `RUST_LOG`/`CORRAL_LOG` set the filter (default `info`).
+/// Logs to stderr; `RUST_LOG`/`CORRAL_LOG` set the filter (default `info`). A stderr that can no longer be
+/// written (its reader gone: a closed pipe, `| head`) loses the log lines, never the daemon: by default
+/// tracing-subscriber reports a failed write with `eprintln!`, which panics on that same stderr.
 pub(crate) fn init_logging() {
     let filter = std::env::var("CORRAL_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -55,6 +57,7 @@ pub(crate) fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .log_internal_errors(false)
         .try_init();
 }
 

@@ -16,6 +16,7 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 use crate::client::transport::Client;
+use std::io::Write as _;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("corral: cannot start the async runtime: {err}");
+            let _ = writeln!(std::io::stderr(), "corral: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -34,12 +35,13 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            if json {
-                let body = serde_json::json!({"error": format!("{err:#}")});
-                eprintln!("{body}");
+            // Not `eprintln!`: it panics when stderr is a closed pipe.
+            let message = if json {
+                serde_json::json!({"error": format!("{err:#}")}).to_string()
             } else {
-                eprintln!("corral: {err:#}");
-            }
+                format!("corral: {err:#}")
+            };
+            let _ = writeln!(std::io::stderr(), "{message}");
             if err.downcast_ref::<config::ConfigError>().is_some() || err.downcast_ref::<daemon::UsageError>().is_some()
             {
                 ExitCode::from(2)

@@ -370,3 +370,60 @@ async fn a_relative_state_dir_works_with_the_keeper() {
         .await;
     assert_eq!(status, 201, "{record}");
 }
+
+/// A pipe whose reader is already closed: every write to it fails with `EPIPE`.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = rustix::pipe::pipe().expect("UNWRAP: pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_whose_stderr_is_gone_keeps_running_and_stops_cleanly() {
+    // `corral daemon 2>&1 | head -1`, or a log reader that died: the daemon panicked at its next log line
+    // (exit 101), leaving the keeper and every process behind.
+    let mut daemon = Daemon::start().await;
+    daemon.terminate();
+    let mut command = daemon.daemon_command();
+    command.stdin(Stdio::null()).stdout(closed_pipe()).stderr(closed_pipe());
+    daemon.child = Some(command.spawn().expect("UNWRAP: spawn corral daemon"));
+    daemon.wait_ready().await;
+    let (status, started) = daemon.post("/processes", json!({"command": ["sleep", "300"]})).await;
+    assert_eq!(status, 201, "{started}");
+    let pid = started["pid"].as_u64().expect("UNWRAP: pid") as u32;
+    let keeper: u32 = std::fs::read_to_string(daemon.state_dir.join("keeper.sock.lock"))
+        .expect("UNWRAP: keeper runs")
+        .trim()
+        .parse()
+        .expect("UNWRAP: the keeper's pid");
+    let exit = daemon.terminate().expect("UNWRAP: exit status");
+    assert!(exit.success(), "a clean stop: {exit:?}");
+    let gone =
+        |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| stat.contains(") Z "));
+    wait_until("the process and the keeper are gone", || async {
+        gone(pid) && gone(keeper)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_output_into_a_closed_pipe_ends_quietly() {
+    // `corral ps | head -1` with more lines than head reads: `println!` panicked (exit 101, a backtrace).
+    let daemon = Daemon::start().await;
+    let (status, _) = daemon.post("/processes", json!({"command": ["true"]})).await;
+    assert_eq!(status, 201);
+    for args in [&["ps"][..], &["status"], &["tools"]] {
+        let mut command = std::process::Command::new(bin());
+        command.arg("--socket").arg(&daemon.socket).args(args);
+        isolate(&mut command, &daemon.dir.0);
+        let output = command
+            .stdin(Stdio::null())
+            .stdout(closed_pipe())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("UNWRAP: run corral");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}

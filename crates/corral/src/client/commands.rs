@@ -1,7 +1,6 @@
 //! One function per CLI command: call the API, print the answer (text or `--json`).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -15,7 +14,7 @@ use crate::cli::{LogsArgs, PipelineCommand, PsArgs, RunArgs, SignalArgs, StopArg
 use crate::client::transport::Client;
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -34,21 +33,21 @@ pub(crate) async fn status(client: &Client, json: bool) -> anyhow::Result<ExitCo
     if json {
         print_json(&health)?;
     } else {
-        println!(
+        outln!(
             "daemon:    pid {} · version {} · up {}s",
             health.pid,
             health.version,
             health.uptime_ms / 1000
         );
-        println!("health:    {}", health.status);
+        outln!("health:    {}", health.status);
         for (name, check) in &health.checks {
             match &check.error {
-                None => println!("  {name:<8} ok"),
-                Some(err) => println!("  {name:<8} FAILING: {err}"),
+                None => outln!("  {name:<8} ok"),
+                Some(err) => outln!("  {name:<8} FAILING: {err}"),
             }
         }
         let counts: Vec<String> = health.processes.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        println!(
+        outln!(
             "processes: {}",
             if counts.is_empty() {
                 "none".into()
@@ -95,12 +94,11 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
                     "output" if !json => {
                         let line: OutputLine = serde_json::from_str(&event.data)?;
                         let newline = if line.end == "split" { "" } else { "\n" };
+                        // A reader gone (`corral logs -f ID | head`) ends the follow.
                         if line.stream == "stderr" {
-                            let _ = write!(std::io::stderr(), "{}{newline}", line.line);
+                            err!("{}{newline}", line.line);
                         } else {
-                            let mut out = std::io::stdout().lock();
-                            let _ = write!(out, "{}{newline}", line.line);
-                            let _ = out.flush();
+                            out!("{}{newline}", line.line);
                         }
                     }
                     "exit" => {
@@ -179,16 +177,20 @@ pub(crate) async fn ps(client: &Client, args: PsArgs, json: bool) -> anyhow::Res
         return Ok(ExitCode::SUCCESS);
     }
     if records.is_empty() {
-        println!("no processes");
+        outln!("no processes");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<36}  {:>7}  {:<11}  {:>4}  {:<20}  COMMAND",
-        "ID", "PID", "STATE", "EXIT", "LABELS"
+        "ID",
+        "PID",
+        "STATE",
+        "EXIT",
+        "LABELS"
     );
     for record in records {
         let labels: Vec<String> = record.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        outln!(
             "{:<36}  {:>7}  {:<11}  {:>4}  {:<20}  {}",
             record.id,
             record.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -217,10 +219,10 @@ pub(crate) async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow:
         let mut events = client.events(&format!("/processes/{id}/output?follow=true")).await?;
         while let Some(event) = events.next().await? {
             match event.event.as_str() {
-                "output" if json => println!("{}", event.data),
+                "output" if json => outln!("{}", event.data),
                 "output" => {
                     let line: OutputLine = serde_json::from_str(&event.data)?;
-                    println!("{}", line.line);
+                    outln!("{}", line.line);
                 }
                 "exit" => break,
                 _ => {}
@@ -244,8 +246,8 @@ pub(crate) async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow:
             None => text.to_owned(),
         }
     };
-    print!("{}", tail(&output.stdout));
-    eprint!("{}", tail(&output.stderr));
+    out!("{}", tail(&output.stdout));
+    err!("{}", tail(&output.stderr));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -261,7 +263,7 @@ pub(crate) async fn stop(client: &Client, args: StopArgs, json: bool) -> anyhow:
     if json {
         print_json(&record)?;
     } else {
-        println!("{} {}", record.id, record.state);
+        outln!("{} {}", record.id, record.state);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -282,7 +284,7 @@ pub(crate) async fn signal(client: &Client, args: SignalArgs, json: bool) -> any
     if json {
         print_json(&record)?;
     } else {
-        println!("sent {} to {}", args.signal, record.id);
+        outln!("sent {} to {}", args.signal, record.id);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -305,9 +307,12 @@ pub(crate) async fn interrupt(
     if json {
         print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "matched {}, signaled {}, stale {}, unavailable {}",
-            report.matched, report.signaled, report.stale, report.unavailable
+            report.matched,
+            report.signaled,
+            report.stale,
+            report.unavailable
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -319,11 +324,11 @@ pub(crate) fn daemons(json: bool) -> anyhow::Result<ExitCode> {
     if json {
         print_json(&entries)?;
     } else if entries.is_empty() {
-        println!("no corral daemon is running");
+        outln!("no corral daemon is running");
     } else {
-        println!("{:>7}  {:<24}  {:<8}  SOCKET", "PID", "STARTED", "VERSION");
+        outln!("{:>7}  {:<24}  {:<8}  SOCKET", "PID", "STARTED", "VERSION");
         for entry in entries {
-            println!(
+            outln!(
                 "{:>7}  {:<24}  {:<8}  {}",
                 entry.pid,
                 entry.started,
@@ -389,14 +394,17 @@ pub(crate) fn print_pipeline(status: &Value) {
             .as_u64()
             .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
             .unwrap_or_default();
-        println!("  {name:<24} {state:<10} {code:<8} {ms}");
+        outln!("  {name:<24} {state:<10} {code:<8} {ms}");
     }
     let counts: BTreeMap<&str, u64> = ["passed", "failed", "skipped", "cancelled"]
         .iter()
         .map(|k| (*k, status.get(*k).and_then(Value::as_u64).unwrap_or(0)))
         .collect();
-    println!(
+    outln!(
         "{} passed, {} failed, {} skipped, {} cancelled",
-        counts["passed"], counts["failed"], counts["skipped"], counts["cancelled"]
+        counts["passed"],
+        counts["failed"],
+        counts["skipped"],
+        counts["cancelled"]
     );
 }

@@ -16,15 +16,15 @@ fn enc(text: &str) -> String {
 pub(crate) async fn tools(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     let answer: Value = client.call(Method::GET, "/tools", None::<&()>).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(ExitCode::SUCCESS);
     }
     let empty = Vec::new();
     let tools = answer.get("tools").and_then(Value::as_array).unwrap_or(&empty);
     if tools.is_empty() {
-        println!("no tools declared");
+        outln!("no tools declared");
     } else {
-        println!("{:<16}  {:<16}  {:<8}  ARGS", "TOOL", "COMMAND", "TIMEOUT");
+        outln!("{:<16}  {:<16}  {:<8}  ARGS", "TOOL", "COMMAND", "TIMEOUT");
     }
     for tool in tools {
         let name = tool.get("name").and_then(Value::as_str).unwrap_or("?");
@@ -43,7 +43,7 @@ pub(crate) async fn tools(client: &Client, json: bool) -> anyhow::Result<ExitCod
                     }
                 })
                 .collect();
-            println!(
+            outln!(
                 "{:<16}  {:<16}  {:<8}  {}",
                 name,
                 command.get("name").and_then(Value::as_str).unwrap_or("?"),
@@ -53,7 +53,7 @@ pub(crate) async fn tools(client: &Client, json: bool) -> anyhow::Result<ExitCod
         }
     }
     for error in answer.get("errors").and_then(Value::as_array).unwrap_or(&empty) {
-        eprintln!("error: {}", error.get("message").and_then(Value::as_str).unwrap_or("?"));
+        errln!("error: {}", error.get("message").and_then(Value::as_str).unwrap_or("?"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -81,9 +81,9 @@ pub(crate) async fn exec(
         .to_owned();
     if !wait {
         if json {
-            println!("{answer}");
+            outln!("{answer}");
         } else {
-            println!("{id}");
+            outln!("{id}");
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -123,15 +123,15 @@ pub(crate) async fn job(client: &Client, id: &str, wait: bool, json: bool) -> an
 /// Prints a job; after a wait, exits with the job's exit code.
 fn report(id: &str, job: &Value, wait: bool, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(job)?);
+        outln!("{}", serde_json::to_string_pretty(job)?);
     } else if wait {
-        print!("{}", job.get("stdout").and_then(Value::as_str).unwrap_or(""));
-        eprint!("{}", job.get("stderr").and_then(Value::as_str).unwrap_or(""));
+        out!("{}", job.get("stdout").and_then(Value::as_str).unwrap_or(""));
+        err!("{}", job.get("stderr").and_then(Value::as_str).unwrap_or(""));
         if let Some(error) = job.get("error").and_then(Value::as_str) {
-            eprintln!("corral: job {id}: {error}");
+            errln!("corral: job {id}: {error}");
         }
     } else {
-        println!(
+        outln!(
             "{} {} {}",
             id,
             job.get("status").and_then(Value::as_str).unwrap_or("?"),

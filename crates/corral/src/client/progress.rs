@@ -38,7 +38,7 @@ pub(crate) async fn follow_pipeline(client: &Client, id: &str, quiet: bool) -> a
                 let name = step.get("name").and_then(Value::as_str).unwrap_or("?").to_owned();
                 let state = step.get("status").and_then(Value::as_str).unwrap_or("?").to_owned();
                 if state != "pending" && seen.get(&name) != Some(&state) {
-                    eprintln!("{}", step_line(step, started));
+                    errln!("{}", step_line(step, started));
                     seen.insert(name, state);
                 }
             }

@@ -72,16 +72,19 @@ pub(crate) async fn task(client: &Client, command: TaskCommand, json: bool) -> a
             };
             let tasks: Vec<TaskJson> = client.call(Method::GET, &path, None::<&()>).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&tasks)?);
+                outln!("{}", serde_json::to_string_pretty(&tasks)?);
             } else if tasks.is_empty() {
-                println!("no tasks");
+                outln!("no tasks");
             } else {
-                println!(
+                outln!(
                     "{:<36}  {:<10}  {:<10}  {:>7}  ERROR",
-                    "ID", "TYPE", "STATUS", "ATTEMPT"
+                    "ID",
+                    "TYPE",
+                    "STATUS",
+                    "ATTEMPT"
                 );
                 for task in tasks {
-                    println!(
+                    outln!(
                         "{:<36}  {:<10}  {:<10}  {:>7}  {}",
                         task.id,
                         task.task_type,
@@ -98,9 +101,9 @@ pub(crate) async fn task(client: &Client, command: TaskCommand, json: bool) -> a
                 .call(Method::DELETE, &format!("/tasks/{}", enc(&id)), None::<&()>)
                 .await?;
             if json {
-                println!("{answer}");
+                outln!("{answer}");
             } else {
-                println!("removed {id}");
+                outln!("removed {id}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -129,14 +132,14 @@ fn exit_of(task: &TaskJson) -> ExitCode {
 
 fn print_task(task: &TaskJson, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(task)?);
+        outln!("{}", serde_json::to_string_pretty(task)?);
         return Ok(());
     }
-    println!("id:       {}", task.id);
-    println!("type:     {}", task.task_type);
-    println!("status:   {} (attempt {})", task.status, task.attempt);
+    outln!("id:       {}", task.id);
+    outln!("type:     {}", task.task_type);
+    outln!("status:   {} (attempt {})", task.status, task.attempt);
     if let Some(error) = &task.error {
-        println!("error:    {error}");
+        outln!("error:    {error}");
     }
     if let Some(result) = &task.result {
         if let Some(tail) = result
@@ -144,9 +147,9 @@ fn print_task(task: &TaskJson, json: bool) -> anyhow::Result<()> {
             .and_then(|t| t.as_str())
             .filter(|t| !t.is_empty())
         {
-            println!("output:\n{}", tail.trim_end());
+            outln!("output:\n{}", tail.trim_end());
         } else {
-            println!("result:   {result}");
+            outln!("result:   {result}");
         }
     }
     Ok(())

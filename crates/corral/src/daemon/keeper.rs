@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use corral_proc::keeper::{self, Client, KeeperError, State};
+use std::io::Write as _;
 
 /// The hidden subcommand that runs the keeper.
 pub(crate) const SUBCOMMAND: &str = "keeper";
@@ -70,7 +71,7 @@ pub(crate) fn run() -> std::process::ExitCode {
     match keeper::run_from_env() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("corral keeper: {err}");
+            let _ = writeln!(std::io::stderr(), "corral keeper: {err}");
             std::process::ExitCode::FAILURE
         }
     }
