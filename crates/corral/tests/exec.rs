@@ -303,12 +303,22 @@ allow = ["exec:echo/*"]
 name = "ops"
 secret_env = "CORRAL_TEST_OPS"
 allow = ["exec:echo/*", "cap:ops"]
+[[token]]
+name = "other"
+secret_env = "CORRAL_TEST_OTHER"
+allow = ["exec:other/*"]
+[[token]]
+name = "reader"
+secret_env = "CORRAL_TEST_READER"
+allow = ["read"]
 "#
     );
-    let (echoer, nocap, ops) = (
+    let (echoer, nocap, ops, other, reader) = (
         "echoer-secret-0123456789",
         "nocap-secret-0123456789",
         "ops-secret-0123456789",
+        "other-secret-0123456789",
+        "reader-secret-0123456789",
     );
     let daemon = daemon_with_tools(
         &config,
@@ -316,6 +326,8 @@ allow = ["exec:echo/*", "cap:ops"]
             ("CORRAL_TEST_ECHOER", echoer),
             ("CORRAL_TEST_NOCAP", nocap),
             ("CORRAL_TEST_OPS", ops),
+            ("CORRAL_TEST_OTHER", other),
+            ("CORRAL_TEST_READER", reader),
         ],
     )
     .await;
@@ -342,6 +354,64 @@ allow = ["exec:echo/*", "cap:ops"]
         "acl_cap enforced"
     );
     assert_eq!(post("/exec/echo/strict", Some(ops), json!({"name": "x"})).await, 202);
+    // A job's routes need the scope that may run its command (or read, for a GET): whoever may submit a
+    // job may also poll and cancel it.
+    let (status, accepted) = request_tcp(
+        &addr,
+        Method::POST,
+        "/exec/echo/slow",
+        Some("{}".to_owned()),
+        Some(nocap),
+    )
+    .await
+    .expect("UNWRAP: tcp");
+    assert_eq!(status, 202, "{accepted}");
+    let job = format!("/exec/jobs/{}", accepted["job_id"].as_str().expect("UNWRAP: job id"));
+    let call = |method: Method, path: String, token: &'static str| {
+        let addr = addr.clone();
+        async move {
+            request_tcp(&addr, method, &path, None, Some(token))
+                .await
+                .expect("UNWRAP: tcp")
+        }
+    };
+    assert_eq!(
+        call(Method::GET, job.clone(), nocap).await.0,
+        200,
+        "its own exec scope polls"
+    );
+    assert_eq!(
+        call(Method::GET, format!("{job}/stream?x"), reader).await.0,
+        200,
+        "read polls"
+    );
+    let (status, err) = call(Method::GET, job.clone(), other).await;
+    assert_eq!(status, 403, "{err}");
+    assert!(
+        err.to_string().contains("exec:echo/slow or read"),
+        "names the scope it needs: {err}"
+    );
+    assert_eq!(
+        call(Method::DELETE, job.clone(), other).await.0,
+        403,
+        "another tool's scope"
+    );
+    assert_eq!(
+        call(Method::DELETE, job.clone(), reader).await.0,
+        403,
+        "read does not cancel"
+    );
+    let unknown = "/exec/jobs/01234567-89ab-7def-8123-456789abcdef".to_owned();
+    assert_eq!(
+        call(Method::GET, unknown.clone(), other).await.0,
+        404,
+        "any exec scope learns 404"
+    );
+    assert_eq!(
+        call(Method::DELETE, job.clone(), nocap).await.0,
+        200,
+        "its own exec scope cancels"
+    );
     // The socket is trusted by peer credentials.
     let (status, _) = request_unix(
         &daemon.socket,

@@ -55,6 +55,21 @@ impl Scope {
     }
 }
 
+impl fmt::Display for Scope {
+    /// As written in a token's `allow`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Admin => f.write_str("admin"),
+            Scope::Read => f.write_str("read"),
+            Scope::Processes => f.write_str("processes"),
+            Scope::Tasks => f.write_str("tasks"),
+            Scope::Services => f.write_str("services"),
+            Scope::Exec(pattern) => write!(f, "exec:{pattern}"),
+            Scope::Cap(cap) => write!(f, "cap:{cap}"),
+        }
+    }
+}
+
 /// What a route needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Required {
@@ -62,6 +77,23 @@ pub(crate) enum Required {
     Nothing,
     /// One scope (admin always suffices).
     Scope(Scope),
+    /// An exec job's routes: the scope that may run the job's own command (`exec:<tool>/<cmd>`), so that a
+    /// caller can poll, stream and cancel the jobs it may submit; for a `GET`, `read` suffices too. Which
+    /// command that is, only the job's record says: the caller looks it up ([`Required::job_scope`]).
+    Job {
+        /// The job id from the path.
+        id: String,
+        /// `GET`/`HEAD`: `read` suffices.
+        read: bool,
+    },
+}
+
+impl Required {
+    /// The scope a job's routes need, given its tool and command; `None` (the job is unknown) needs any
+    /// exec scope, so that a caller who may run something learns "no such job" (404) and nobody else does.
+    pub(crate) fn job_scope(tool_and_command: Option<(&str, &str)>) -> Option<Scope> {
+        tool_and_command.map(|(tool, cmd)| Scope::Exec(format!("{tool}/{cmd}")))
+    }
 }
 
 /// Maps a request to the scope it needs.
@@ -69,7 +101,16 @@ pub(crate) fn required_scope(method: &http::Method, path: &str) -> Required {
     if path == "/health" || path == "/ready" {
         return Required::Nothing;
     }
-    if method == http::Method::GET || method == http::Method::HEAD {
+    let read = method == http::Method::GET || method == http::Method::HEAD;
+    if let ["exec", "jobs", id, ..] = path.trim_start_matches('/').split('/').collect::<Vec<_>>().as_slice() {
+        if !id.is_empty() {
+            return Required::Job {
+                id: (*id).to_owned(),
+                read,
+            };
+        }
+    }
+    if read {
         return Required::Scope(Scope::Read);
     }
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
@@ -80,7 +121,6 @@ pub(crate) fn required_scope(method: &http::Method, path: &str) -> Required {
         "exec" => {
             let rest: Vec<&str> = path.trim_start_matches('/').splitn(4, '/').collect();
             match rest.as_slice() {
-                ["exec", "jobs", ..] => Scope::Exec("*".into()),
                 ["exec", tool, cmd] => Scope::Exec(format!("{tool}/{cmd}")),
                 _ => Scope::Admin,
             }
@@ -128,6 +168,13 @@ impl Token {
             digest,
             scopes,
         })
+    }
+
+    /// True when this token holds some exec scope (or admin).
+    pub(crate) fn may_exec_something(&self) -> bool {
+        self.scopes
+            .iter()
+            .any(|held| matches!(held, Scope::Admin | Scope::Exec(_)))
     }
 
     /// True when this token's scopes cover `required`.
@@ -248,6 +295,19 @@ mod tests {
         };
         assert!(token(&["exec:deploy/*"]).allows(&need));
         assert!(!token(&["exec:docker/*"]).allows(&need));
+        for method in [Method::GET, Method::DELETE] {
+            let read = method == Method::GET;
+            assert_eq!(
+                required_scope(&method, "/exec/jobs/j1"),
+                Required::Job { id: "j1".into(), read }
+            );
+            assert_eq!(
+                required_scope(&method, "/exec/jobs/j1/stream"),
+                Required::Job { id: "j1".into(), read }
+            );
+        }
+        assert_eq!(Scope::Exec("deploy/*".into()).to_string(), "exec:deploy/*");
+        assert_eq!(Scope::parse("cap:ops").map(|s| s.to_string()), Ok("cap:ops".into()));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::api::{
     CheckJson, ErrorBody, HealthJson, OutputJson, OutputLine, ProcessJson, SignalRequest, SignalValue, StartProcess,
     StdinRequest, StopRequest,
 };
-use crate::daemon::auth::{required_scope, Required, Tokens};
+use crate::daemon::auth::{required_scope, Required, Scope, Tokens};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::pipelines::Pipelines;
 
@@ -274,9 +274,9 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
 
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let required = required_scope(request.method(), request.uri().path());
-    let Required::Scope(scope) = required else {
+    if required == Required::Nothing {
         return next.run(request).await;
-    };
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -295,11 +295,35 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
             .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         return response;
     };
-    if !token.allows(&scope) {
+    let denied = match &required {
+        Required::Nothing => None,
+        Required::Scope(scope) => (!token.allows(scope)).then(|| scope.to_string()),
+        Required::Job { id, read } => {
+            let record = state
+                .inner
+                .tasks
+                .get(id)
+                .ok()
+                .flatten()
+                .filter(|r| r.task_type == "exec");
+            let command = record.as_ref().and_then(|record| {
+                let field = |name: &str| record.params.get(name).and_then(serde_json::Value::as_str);
+                field("tool").zip(field("command"))
+            });
+            let scope = Required::job_scope(command);
+            let allowed = (*read && token.allows(&Scope::Read))
+                || scope
+                    .as_ref()
+                    .map_or(token.may_exec_something(), |scope| token.allows(scope));
+            let wanted = scope.map_or("exec:<tool>/<cmd>".to_owned(), |scope| scope.to_string());
+            (!allowed).then(|| if *read { format!("{wanted} or read") } else { wanted })
+        }
+    };
+    if let Some(wanted) = denied {
         return AppError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("token {:?} lacks the scope this route needs ({scope:?})", token.name),
+            format!("token {:?} lacks the scope this route needs ({wanted})", token.name),
         )
         .into_response();
     }
