@@ -243,7 +243,88 @@ pub const EXEC_OUTPUT_CAP: usize = 1024 * 1024;
 pub struct ExecTask {
     processes: ProcessManager,
     registry: std::sync::Arc<crate::tools::ToolRegistry>,
-    limits: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
+    limits: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<CommandLimit>>>,
+}
+
+/// The concurrency limit of one command: at most `permits` jobs run at once, and waiting jobs get their turn
+/// in submit order (by job id: ids are time-ordered UUIDv7), not in the order their runs happen to be
+/// polled, which after a restart (a batch of jobs started together) is not the submit order.
+struct CommandLimit {
+    state: std::sync::Mutex<LimitState>,
+}
+
+struct LimitState {
+    free: usize,
+    /// Waiting jobs by id; a permit is handed to the smallest id.
+    waiting: BTreeMap<String, tokio::sync::oneshot::Sender<CommandPermit>>,
+}
+
+/// A running job's slot; given back when dropped.
+struct CommandPermit {
+    /// `None` once handed back without a release (see `Drop`).
+    limit: Option<std::sync::Arc<CommandLimit>>,
+}
+
+impl CommandLimit {
+    fn new(permits: usize) -> Self {
+        CommandLimit {
+            state: std::sync::Mutex::new(LimitState {
+                free: permits.max(1),
+                waiting: BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LimitState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a slot; `job` orders the waiters.
+    async fn acquire(self: std::sync::Arc<Self>, job: &str) -> Option<CommandPermit> {
+        let receiver = {
+            let mut state = self.state();
+            if state.free > 0 && state.waiting.is_empty() {
+                state.free -= 1;
+                return Some(CommandPermit {
+                    limit: Some(self.clone()),
+                });
+            }
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            state.waiting.insert(job.to_owned(), sender);
+            receiver
+        };
+        receiver.await.ok()
+    }
+
+    /// A slot if one is free now, whoever waits: for a resumed job, whose process already runs.
+    fn try_acquire(self: std::sync::Arc<Self>) -> Option<CommandPermit> {
+        let mut state = self.state();
+        if state.free == 0 {
+            return None;
+        }
+        state.free -= 1;
+        drop(state);
+        Some(CommandPermit { limit: Some(self) })
+    }
+}
+
+impl Drop for CommandPermit {
+    fn drop(&mut self) {
+        let Some(limit) = self.limit.take() else { return };
+        let mut state = limit.state();
+        // The next waiter in id order; one that gave up (its job cancelled) is skipped.
+        while let Some((_, sender)) = state.waiting.pop_first() {
+            let permit = CommandPermit {
+                limit: Some(limit.clone()),
+            };
+            match sender.send(permit) {
+                Ok(()) => return,
+                // The waiter is gone and the permit comes back: disarmed, it must not release again.
+                Err(mut permit) => permit.limit = None,
+            }
+        }
+        state.free += 1;
+    }
 }
 
 impl ExecTask {
@@ -256,13 +337,20 @@ impl ExecTask {
         }
     }
 
-    /// The semaphore of a command with a concurrency limit (tokio's semaphore is fair: FIFO).
-    fn limit(&self, key: &str, permits: usize) -> std::sync::Arc<tokio::sync::Semaphore> {
+    /// The limit of a command with a concurrency limit.
+    fn limit(&self, key: &str, permits: usize) -> std::sync::Arc<CommandLimit> {
         let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
         limits
             .entry(key.to_owned())
-            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(permits.max(1))))
+            .or_insert_with(|| std::sync::Arc::new(CommandLimit::new(permits)))
             .clone()
+    }
+
+    /// The limit of the command `params` names, if it has one.
+    fn limit_of(&self, params: &ExecParams) -> Option<std::sync::Arc<CommandLimit>> {
+        let spec = self.registry.current().lookup(&params.tool, &params.command)?;
+        let permits = spec.concurrency()? as usize;
+        Some(self.limit(&format!("{}/{}", params.tool, params.command), permits))
     }
 }
 
@@ -281,11 +369,7 @@ impl TaskHandler for ExecTask {
         let processes = self.processes.clone();
         let registry = self.registry.clone();
         let parsed: Result<ExecParams, _> = serde_json::from_value(params);
-        let limit = parsed.as_ref().ok().and_then(|p| {
-            let spec = registry.current().lookup(&p.tool, &p.command)?;
-            let permits = spec.concurrency()? as usize;
-            Some(self.limit(&format!("{}/{}", p.tool, p.command), permits))
-        });
+        let limit = parsed.as_ref().ok().and_then(|p| self.limit_of(p));
         Box::pin(async move {
             let params = parsed.map_err(|e| TaskError::new(format!("invalid params: {e}")))?;
             let spec = registry
@@ -304,7 +388,7 @@ impl TaskHandler for ExecTask {
                 Some(limit) => {
                     context.set_progress(json!({"state": "queued"}));
                     let permit = tokio::select! {
-                        permit = limit.acquire_owned() => permit.ok(),
+                        permit = limit.acquire(context.id()) => permit,
                         _ = context.cancel_token().cancelled() => return Err(TaskError::new("cancelled while queued")),
                     };
                     context.set_progress(json!({"state": "running"}));
@@ -346,6 +430,21 @@ impl TaskHandler for ExecTask {
 
     fn resumes(&self) -> bool {
         true
+    }
+
+    /// The resumed job's process already runs: it takes its command's slot back before the jobs that
+    /// queued behind it start again (without this, a restart let them run beside it).
+    fn reserve_for_resume(&self, params: &Value) -> Option<Box<dyn std::any::Any + Send>> {
+        let params: ExecParams = Deserialize::deserialize(params).ok()?;
+        let permit = self.limit_of(&params)?.try_acquire();
+        if permit.is_none() {
+            tracing::warn!(
+                tool = %params.tool,
+                command = %params.command,
+                "more jobs of this command survived the restart than its concurrency allows (lowered meanwhile?)"
+            );
+        }
+        permit.map(|permit| Box::new(permit) as Box<dyn std::any::Any + Send>)
     }
 
     fn resume(&self, params: Value, context: TaskContext, ids: Vec<String>) -> TaskFuture {
@@ -438,6 +537,41 @@ fn exec_result(
         corral_proc::Outcome::Interrupted => Err(TaskError::new("stopped on request").with_result(result)),
         corral_proc::Outcome::Failed(corral_proc::Failure::Unknown) => {
             Err(TaskError::new("exit status unknown").with_result(result))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_command_limit_hands_slots_out_in_id_order_and_skips_waiters_that_left() {
+        let limit = Arc::new(CommandLimit::new(1));
+        let first = limit.clone().acquire("job-a").await.expect("UNWRAP: a free slot");
+        assert!(limit.clone().try_acquire().is_none(), "the only slot is taken");
+        // Waiters arrive out of id order; one of them gives up.
+        let c = tokio::spawn(limit.clone().acquire_owned_for_test("job-c"));
+        let gone = tokio::spawn(limit.clone().acquire_owned_for_test("job-0"));
+        let b = tokio::spawn(limit.clone().acquire_owned_for_test("job-b"));
+        while limit.state().waiting.len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        drop(first);
+        let b_permit = b.await.expect("UNWRAP: b").expect("UNWRAP: b gets the slot first");
+        assert!(!c.is_finished(), "c waits while b runs");
+        drop(b_permit);
+        drop(c.await.expect("UNWRAP: c").expect("UNWRAP: then c"));
+        assert_eq!(limit.state().free, 1, "every slot came back, none twice");
+        assert!(limit.state().waiting.is_empty());
+    }
+
+    impl CommandLimit {
+        async fn acquire_owned_for_test(self: Arc<Self>, job: &'static str) -> Option<CommandPermit> {
+            self.acquire(job).await
         }
     }
 }

@@ -209,6 +209,15 @@ pub trait TaskHandler: Send + Sync + 'static {
         false
     }
 
+    /// Called for each run about to be resumed, at once and before any other run of the recovery starts,
+    /// so that the handler can take back what the interrupted run held (an exec command's concurrency slot)
+    /// ahead of the runs that start again. What it returns is kept until the resumed run ends. Default:
+    /// nothing.
+    fn reserve_for_resume(&self, params: &Value) -> Option<Box<dyn std::any::Any + Send>> {
+        let _ = params;
+        None
+    }
+
     /// Finishes a run interrupted by a crash of the daemon whose processes survived: `processes` are the
     /// ids of the live, re-attached process records labelled `task=<id>`. Waits for them and returns
     /// what the interrupted run would have returned. Called only when [`TaskHandler::resumes`] is true.
@@ -1008,7 +1017,17 @@ impl TaskEngine {
     pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
         let mut report = RecoveryReport::default();
         let mut own_requeued = 0;
+        // Resumes first, all of them before anything else runs or awaits: a resumed run takes back what its
+        // interrupted run held (`TaskHandler::reserve_for_resume`) before the other runs start again.
+        let mut rest = Vec::new();
         for record in self.inner.store.tasks_to_recover(&self.inner.node, now_ms())? {
+            if record.claimed_by.as_deref() == Some(self.inner.node.as_str()) && self.resume(&record) {
+                report.resumed += 1;
+            } else {
+                rest.push(record);
+            }
+        }
+        for record in rest {
             let idempotent = self
                 .inner
                 .types
@@ -1024,10 +1043,6 @@ impl TaskEngine {
                 } else if let Some(claimed) = self.claim(&record.id)? {
                     report.failed += usize::from(self.fail_interrupted(&claimed.id)?);
                 }
-                continue;
-            }
-            if self.resume(&record) {
-                report.resumed += 1;
                 continue;
             }
             report.stopped_processes += self.stop_leftovers(&record.id).await;
@@ -1088,6 +1103,7 @@ impl TaskEngine {
             }
             None => false,
         };
+        let reservation = entry.handler.reserve_for_resume(&record.params);
         let engine = self.clone();
         let record = record.clone();
         let handler = entry.handler.clone();
@@ -1097,6 +1113,7 @@ impl TaskEngine {
             engine
                 .run_registered(&id, Some(record), handler, handles, Some(live))
                 .await;
+            drop(reservation);
             if limited {
                 if let Some(TypeEntry { queue: Some(queue), .. }) = engine.inner.types.get(&task_type) {
                     let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
