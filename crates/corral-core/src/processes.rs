@@ -101,6 +101,20 @@ enum Handle {
 }
 
 impl Handle {
+    /// Starts a graceful stop of the whole group: `TERM`, then `KILL` after `grace`, or when `None` after
+    /// the grace the process was started with (a recovered one, whose start options are not kept,
+    /// [`DEFAULT_GRACE`]).
+    fn start_stop(&self, grace: Option<Duration>) {
+        match (self, grace) {
+            (Handle::Live { process, .. }, Some(grace)) => process.start_shutdown(grace),
+            (Handle::Live { process, .. }, None) => process.start_stop(),
+            (Handle::Recovered { identity, pgid, .. }, grace) => {
+                let (identity, pgid, grace) = (identity.clone(), *pgid, grace.unwrap_or(DEFAULT_GRACE));
+                tokio::spawn(async move { stop_recovered(&identity, pgid, grace).await });
+            }
+        }
+    }
+
     fn tracker(&self) -> &Tracker {
         match self {
             Handle::Live { tracker, .. } | Handle::Recovered { tracker, .. } => tracker,
@@ -559,21 +573,14 @@ impl ProcessManager {
         }
     }
 
-    /// Stops the whole process group (`TERM`, `grace`, `KILL`) and returns the final record once no
-    /// member of the group is left.
+    /// Stops the whole process group (`TERM`, `grace`, `KILL`; without `grace`, the one the process was
+    /// started with) and returns the final record once no member of the group is left.
     pub async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<ProcessRecord, ProcessesError> {
         let handle = self.live_handle(id)?;
         self.inner
             .store
             .transition_process(id, &[ProcessState::Running], ProcessState::Interrupting)?;
-        let grace = grace.unwrap_or(DEFAULT_GRACE);
-        match &handle {
-            Handle::Live { process, .. } => process.start_shutdown(grace),
-            Handle::Recovered { identity, pgid, .. } => {
-                let (identity, pgid) = (identity.clone(), *pgid);
-                tokio::spawn(async move { stop_recovered(&identity, pgid, grace).await });
-            }
-        }
+        handle.start_stop(grace);
         handle.tracker().wait_recorded(&self.inner.recorded_changed).await;
         self.get(id)
     }
@@ -828,8 +835,9 @@ impl ProcessManager {
         });
     }
 
-    /// Stops every process still running (graceful, all at once) and waits until all are recorded.
-    pub async fn shutdown_all(&self, grace: Duration) {
+    /// Stops every process still running (graceful, all at once; `grace` or, when `None`, each process's
+    /// own) and waits until all are recorded.
+    pub async fn shutdown_all(&self, grace: Option<Duration>) {
         let handles: Vec<(String, Handle)> = self
             .handles()
             .iter()
@@ -843,13 +851,7 @@ impl ProcessManager {
                 .transition_process(id, &[ProcessState::Running], ProcessState::Interrupting);
         }
         for (_, handle) in &handles {
-            match handle {
-                Handle::Live { process, .. } => process.start_shutdown(grace),
-                Handle::Recovered { identity, pgid, .. } => {
-                    let (identity, pgid) = (identity.clone(), *pgid);
-                    tokio::spawn(async move { stop_recovered(&identity, pgid, grace).await });
-                }
-            }
+            handle.start_stop(grace);
         }
         for (_, handle) in handles {
             handle.tracker().wait_recorded(&self.inner.recorded_changed).await;
@@ -905,8 +907,8 @@ pub struct InterruptReport {
 
 impl ProcessManager {
     /// Interrupts every live process in `scope`: each goes `running` → `interrupting` → `interrupted`,
-    /// its identity verified first and its whole group stopped gracefully. With `wait`, returns once all
-    /// signalled processes are gone.
+    /// its identity verified first and its whole group stopped gracefully (`grace`, or each process's own).
+    /// With `wait`, returns once all signalled processes are gone.
     pub async fn interrupt(
         &self,
         scope: &InterruptScope,
@@ -935,7 +937,6 @@ impl ProcessManager {
                 .collect(),
             None => self.inner.store.list_processes(&filter)?,
         };
-        let grace = grace.unwrap_or(DEFAULT_GRACE);
         let reason = reason.unwrap_or("interrupt requested").to_owned();
         let mut report = InterruptReport {
             matched: records.len(),
@@ -953,7 +954,10 @@ impl ProcessManager {
                         &[ProcessState::Running],
                         ProcessState::Interrupting,
                     )?;
-                    process.start_shutdown(grace);
+                    match grace {
+                        Some(grace) => process.start_shutdown(grace),
+                        None => process.start_stop(),
+                    }
                     report.signaled += 1;
                     waits.push(tracker);
                 }
@@ -969,6 +973,7 @@ impl ProcessManager {
                             &[ProcessState::Running],
                             ProcessState::Interrupting,
                         )?;
+                        let grace = grace.unwrap_or(DEFAULT_GRACE);
                         tokio::spawn(async move { stop_recovered(&identity, pgid, grace).await });
                         report.signaled += 1;
                         waits.push(tracker);

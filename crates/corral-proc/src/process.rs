@@ -262,8 +262,9 @@ enum Control {
         group: bool,
         reply: oneshot::Sender<Result<(), ProcessError>>,
     },
-    /// Stop the whole group: `TERM`, then `KILL` after `grace` (at once when `grace` is zero).
-    Stop { grace: Duration },
+    /// Stop the whole group: `TERM`, then `KILL` after `grace` (at once when `grace` is zero; the
+    /// process's own [`Command::grace`](crate::Command::grace) when `None`).
+    Stop { grace: Option<Duration> },
 }
 
 /// What the handle shares with the actor.
@@ -758,7 +759,15 @@ impl Process {
     /// Asks for a graceful stop and returns at once: `TERM` to the group, `KILL` after `grace`.
     /// Does nothing if the process has already finished.
     pub fn start_shutdown(&self, grace: Duration) {
-        let _ = self.shared.send(Control::Stop { grace });
+        let _ = self.shared.send(Control::Stop { grace: Some(grace) });
+    }
+
+    /// Asks for a graceful stop with the grace this process was started with ([`Command::grace`]) and
+    /// returns at once: `TERM` to the group, `KILL` after that grace.
+    ///
+    /// [`Command::grace`]: crate::Command::grace
+    pub fn start_stop(&self) {
+        let _ = self.shared.send(Control::Stop { grace: None });
     }
 
     /// Stops the whole group gracefully (`TERM`, then `KILL` after `grace`) and returns once no member
@@ -1194,8 +1203,8 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
-            Control::Stop { grace } => match self.stop {
-                Some(StopReason::Requested) | Some(StopReason::TimedOut) => {
+            Control::Stop { grace } => match (self.stop, grace.unwrap_or(self.grace)) {
+                (Some(StopReason::Requested) | Some(StopReason::TimedOut), grace) => {
                     // Already stopping: a shorter grace may bring the KILL forward.
                     let sooner = tokio::time::Instant::now() + grace;
                     if self.kill_at.is_some_and(|at| sooner < at) {
@@ -1207,7 +1216,7 @@ impl Actor {
                         }
                     }
                 }
-                Some(StopReason::Leftovers) | None => {
+                (Some(StopReason::Leftovers) | None, grace) => {
                     self.stop = None;
                     self.begin_stop(StopReason::Requested, grace);
                 }

@@ -156,7 +156,7 @@ pub(crate) struct RunArgs {
     /// Wall-clock limit, e.g. 10s or 5m: then the process is stopped and fails.
     #[arg(long, value_name = "DURATION")]
     pub(crate) timeout: Option<String>,
-    /// Time between TERM and KILL when stopping [default: 10s].
+    /// Time between TERM and KILL when stopping (on timeout, stop, interrupt, daemon shutdown) [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub(crate) grace: Option<String>,
     /// Working directory [default: the current directory].
@@ -199,7 +199,7 @@ pub(crate) struct LogsArgs {
 pub(crate) struct StopArgs {
     /// Process id.
     pub(crate) id: String,
-    /// Time between TERM and KILL [default: 10s].
+    /// Time between TERM and KILL [default: the grace the process was started with, else 10s].
     #[arg(long, value_name = "DURATION")]
     pub(crate) grace: Option<String>,
 }
@@ -219,7 +219,7 @@ pub(crate) struct InterruptArgs {
     /// Why, recorded with each interrupted process.
     #[arg(long)]
     pub(crate) reason: Option<String>,
-    /// Time between TERM and KILL [default: 10s].
+    /// Time between TERM and KILL [default: each process's own grace, else 10s].
     #[arg(long, value_name = "DURATION")]
     pub(crate) grace: Option<String>,
     /// Return only once every interrupted process is gone.

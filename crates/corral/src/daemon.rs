@@ -37,9 +37,6 @@ use crate::config::Config;
 use crate::daemon::auth::{Token, Tokens};
 use crate::daemon::server::{AppInner, AppState};
 
-/// Grace given to each process when the daemon shuts down.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// A usage problem found at start (exit code 2), e.g. TCP without tokens.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -314,7 +311,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     state.inner.pipelines.cancel_all();
     // Tasks first: they go back to `queued` (to resume at the next start) as their processes stop.
     tasks.shutdown().await;
-    processes.shutdown_all(SHUTDOWN_GRACE).await;
+    processes.shutdown_all(None).await;
     if let Some(client) = &keeper_client {
         // A clean stop: every child is stopped and recorded, so the keeper has nothing left to keep.
         keeper::stop(client).await;

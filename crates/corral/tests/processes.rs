@@ -84,6 +84,50 @@ async fn a_child_ignoring_term_is_gone_after_the_grace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_or_interrupt_without_a_grace_uses_the_one_given_at_start() {
+    // The grace given at start applied to its timeout only; a stop, an interrupt or the daemon's shutdown
+    // waited the default 10 s instead. The bound below is that default: the 500 ms asked for is far below.
+    let daemon = Daemon::start().await;
+    let start = |label: &'static str| {
+        let daemon = &daemon;
+        async move {
+            let (status, record) = daemon
+                .post(
+                    "/processes",
+                    json!({"command": ["sh", "-c", "trap '' TERM; sleep 300 & wait"], "grace": "500ms",
+                           "labels": {"case": label}}),
+                )
+                .await;
+            assert_eq!(status, 201, "{record}");
+            let pgid = record["pgid"].as_u64().expect("UNWRAP: pgid") as u32;
+            wait_until("2 members", || async { group_members(pgid).len() >= 2 }).await;
+            (record["id"].as_str().expect("UNWRAP: id").to_owned(), pgid)
+        }
+    };
+    let (id, pgid) = start("stop").await;
+    let asked = Instant::now();
+    let (status, stopped) = daemon.post(&format!("/processes/{id}/stop"), json!({})).await;
+    let took = asked.elapsed();
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["signal"], "KILL", "{stopped}");
+    assert!(took >= Duration::from_millis(500), "the grace was given: {took:?}");
+    assert!(took < Duration::from_secs(10), "not the default grace: {took:?}");
+    assert!(group_members(pgid).is_empty());
+
+    let (_, pgid) = start("interrupt").await;
+    let asked = Instant::now();
+    let (status, report) = daemon
+        .post("/interrupt", json!({"labels": {"case": "interrupt"}, "wait": true}))
+        .await;
+    let took = asked.elapsed();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["signaled"], 1, "{report}");
+    assert!(took >= Duration::from_millis(500), "the grace was given: {took:?}");
+    assert!(took < Duration::from_secs(10), "not the default grace: {took:?}");
+    assert!(group_members(pgid).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_stdin_output_and_labels() {
     let daemon = Daemon::start().await;
     let (status, record) = daemon
