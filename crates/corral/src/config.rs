@@ -169,6 +169,24 @@ pub(crate) fn state_dir_override(flag: Option<&Path>) -> Option<PathBuf> {
     })
 }
 
+/// The state dir the CLI looks for the daemon in: `$CORRAL_STATE_DIR`, else `state_dir` in the config file
+/// (`$CORRAL_CONFIG`, else the default one; relative to the file, as the daemon reads it), else the default.
+/// A config file that cannot be read or parsed counts as none: the daemon would refuse it and say why.
+pub(crate) fn client_state_dir() -> PathBuf {
+    if let Some(dir) = state_dir_override(None) {
+        return dir;
+    }
+    let from_file = config_path(None).0.and_then(|path| {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let dir = parse(&path, &text).ok()?.state_dir?;
+        Some(match path.parent() {
+            Some(base) if dir.is_relative() => base.join(dir),
+            _ => dir,
+        })
+    });
+    from_file.unwrap_or_else(default_state_dir)
+}
+
 impl Config {
     /// Loads the config: `config_flag`/`$CORRAL_CONFIG`/XDG default, then applies the state-dir override.
     pub(crate) fn load(config_flag: Option<&Path>, state_dir_flag: Option<&Path>) -> Result<Config, ConfigError> {

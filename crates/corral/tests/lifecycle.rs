@@ -427,3 +427,39 @@ async fn cli_output_into_a_closed_pipe_ends_quietly() {
         assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_a_daemon_whose_state_dir_the_default_config_names() {
+    // SPEC: the CLI looks at "the default state dir's corral.sock", and the state dir may come from the
+    // config file's `state_dir`; the CLI used to skip the config file and look in $XDG_STATE_HOME.
+    let dir = TempDir::new();
+    let config_dir = dir.0.join("xdg-config").join("corral");
+    std::fs::create_dir_all(&config_dir).expect("UNWRAP: config dir");
+    std::fs::write(config_dir.join("corral.toml"), "state_dir = \"st\"\n").expect("UNWRAP: config");
+    let state_dir = config_dir.join("st");
+    let mut command = std::process::Command::new(bin());
+    command.arg("daemon");
+    isolate(&mut command, &dir.0);
+    let log = std::fs::File::create(dir.0.join("daemon.log")).expect("UNWRAP: log file");
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("UNWRAP: spawn corral daemon");
+    let mut daemon = Daemon {
+        child: Some(child),
+        socket: state_dir.join("corral.sock"),
+        state_dir,
+        config: None,
+        dir,
+    };
+    daemon.wait_ready().await;
+    let mut status = std::process::Command::new(bin());
+    status.arg("--json").arg("status");
+    isolate(&mut status, &daemon.dir.0);
+    let output = status.stdin(Stdio::null()).output().expect("UNWRAP: run corral");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let health: serde_json::Value = serde_json::from_slice(&output.stdout).expect("UNWRAP: JSON status");
+    assert_eq!(health["pid"], daemon.pid(), "{health}");
+}

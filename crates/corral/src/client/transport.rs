@@ -56,8 +56,7 @@ impl Client {
             }
             Target::Tcp { authority }
         } else {
-            let state_dir = crate::config::state_dir_override(None).unwrap_or_else(crate::config::default_state_dir);
-            Target::Unix(state_dir.join("corral.sock"))
+            Target::Unix(crate::config::client_state_dir().join("corral.sock"))
         };
         Ok(Client { target, token })
     }
