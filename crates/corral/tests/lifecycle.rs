@@ -344,23 +344,8 @@ async fn a_relative_state_dir_works_with_the_keeper() {
     command
         .current_dir(&dir.0)
         .args(["daemon", "--state-dir", "relative-state"]);
-    isolate(&mut command, &dir.0);
-    let log = std::fs::File::create(dir.0.join("daemon.log")).expect("UNWRAP: log");
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("UNWRAP: spawn corral daemon");
     let state_dir = dir.0.join("relative-state");
-    let mut daemon = Daemon {
-        child: Some(child),
-        socket: state_dir.join("corral.sock"),
-        state_dir,
-        config: None,
-        dir,
-    };
-    daemon.wait_ready().await;
+    let daemon = Daemon::start_command(command, dir, state_dir).await;
     let (status, health) = daemon.get("/health").await;
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["checks"]["keeper"]["ok"], true, "{health}");
@@ -439,22 +424,7 @@ async fn the_cli_finds_a_daemon_whose_state_dir_the_default_config_names() {
     let state_dir = config_dir.join("st");
     let mut command = std::process::Command::new(bin());
     command.arg("daemon");
-    isolate(&mut command, &dir.0);
-    let log = std::fs::File::create(dir.0.join("daemon.log")).expect("UNWRAP: log file");
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("UNWRAP: spawn corral daemon");
-    let mut daemon = Daemon {
-        child: Some(child),
-        socket: state_dir.join("corral.sock"),
-        state_dir,
-        config: None,
-        dir,
-    };
-    daemon.wait_ready().await;
+    let daemon = Daemon::start_command(command, dir, state_dir).await;
     let mut status = std::process::Command::new(bin());
     status.arg("--json").arg("status");
     isolate(&mut status, &daemon.dir.0);

@@ -77,6 +77,28 @@ impl Daemon {
         daemon
     }
 
+    /// Starts `command` (a `corral daemon` the test set up by hand) isolated in `dir`, logging to its
+    /// `daemon.log`, and waits until the daemon in `state_dir` is ready.
+    pub(crate) async fn start_command(mut command: Command, dir: TempDir, state_dir: PathBuf) -> Daemon {
+        isolate(&mut command, &dir.0);
+        let log = std::fs::File::create(dir.0.join("daemon.log")).expect("UNWRAP: log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("UNWRAP: spawn corral daemon");
+        let mut daemon = Daemon {
+            child: Some(child),
+            socket: state_dir.join("corral.sock"),
+            state_dir,
+            config: None,
+            dir,
+        };
+        daemon.wait_ready().await;
+        daemon
+    }
+
     /// A command for the daemon binary with this test's isolation (registry dir, no user config).
     pub(crate) fn daemon_command(&self) -> Command {
         let mut command = Command::new(bin());
