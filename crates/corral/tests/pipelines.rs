@@ -81,6 +81,10 @@ async fn invalid_pipelines_are_refused_before_anything_runs() {
     let error = body["error"].as_str().unwrap_or("");
     assert!(error.contains("nope"), "{error}");
     assert!(error.contains("->"), "cycle named: {error}");
+    assert!(
+        !error.contains("invalid pipeline: invalid pipeline"),
+        "said once: {error}"
+    );
     assert!(!marker.exists());
 
     let (status, created) = daemon

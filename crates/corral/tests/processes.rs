@@ -164,6 +164,12 @@ async fn signal_stdin_output_and_labels() {
         .await;
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["code"], "invalid_signal");
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("unknown signal \"NOPE\" (use")),
+        "the value as given, not Rust debug text: {err}"
+    );
 
     let (_, other) = daemon
         .post(

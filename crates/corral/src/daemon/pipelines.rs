@@ -50,7 +50,8 @@ impl Pipelines {
     /// Validates and starts a pipeline; returns its id.
     pub(crate) fn start(&self, spec: PipelineSpec) -> Result<String, AppError> {
         let pipeline = Pipeline::new(spec)
-            .map_err(|err| AppError::bad_request("invalid_pipeline", format!("invalid pipeline: {err}")))?;
+            // The error's text already starts with "invalid pipeline".
+            .map_err(|err| AppError::bad_request("invalid_pipeline", err.to_string()))?;
         let id = uuid::Uuid::new_v4().to_string();
         let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
         let launcher = ManagedLauncher::new(self.processes.clone(), id.clone());

@@ -598,7 +598,16 @@ async fn signal_process(
         SignalValue::Number(n) => Signal::from_number(*n),
         SignalValue::Name(name) => name.parse().ok(),
     }
-    .ok_or_else(|| AppError::bad_request("invalid_signal", format!("unknown signal {:?}", body.signal)))?;
+    .ok_or_else(|| {
+        let given = match &body.signal {
+            SignalValue::Number(n) => n.to_string(),
+            SignalValue::Name(name) => format!("{name:?}"),
+        };
+        AppError::bad_request(
+            "invalid_signal",
+            format!("unknown signal {given} (use a name such as TERM or a number such as 15)"),
+        )
+    })?;
     state.inner.processes.signal(&id, signal).await?;
     Ok(Json(ProcessJson::from(&state.inner.processes.get(&id)?)))
 }
