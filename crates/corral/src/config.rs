@@ -84,6 +84,30 @@ pub(crate) struct NotifyConfig {
 }
 
 impl Config {
+    /// What the config asks for that this build does not serve yet (services, the GitHub webhook), one line
+    /// each, for a warning at start: accepted so that a config written for the whole contract loads, but
+    /// never silently.
+    pub(crate) fn not_served(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.github_webhook.is_some() {
+            lines.push("[webhook.github] is set, but this build has no webhook route yet: it is ignored".to_owned());
+        }
+        let service_files = std::fs::read_dir(&self.services_dir)
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if service_files > 0 {
+            lines.push(format!(
+                "{} holds {service_files} service file(s), but this build does not run services yet: ignored",
+                self.services_dir.display()
+            ));
+        }
+        lines
+    }
+
     /// One line describing what was loaded, for the start-up log.
     pub(crate) fn summary(&self) -> String {
         format!(
@@ -98,7 +122,7 @@ impl Config {
             self.tokens.len(),
             self.notify.len(),
             if self.github_webhook.is_some() {
-                "configured"
+                "configured (not served yet)"
             } else {
                 "off"
             },

@@ -61,6 +61,9 @@ pub(crate) fn init_logging() {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("{}", config.summary());
+    for line in config.not_served() {
+        tracing::warn!("{line}");
+    }
     // Installed before anything else: a SIGTERM during start-up is handled (as a graceful stop once
     // started), never the default instant death.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

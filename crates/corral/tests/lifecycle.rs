@@ -433,3 +433,25 @@ async fn the_cli_finds_a_daemon_whose_state_dir_the_default_config_names() {
     let health: serde_json::Value = serde_json::from_slice(&output.stdout).expect("UNWRAP: JSON status");
     assert_eq!(health["pid"], daemon.pid(), "{health}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_for_what_this_build_does_not_serve_yet_is_warned_about() {
+    // Services and the GitHub webhook are in the contract but not in this build: a config that sets them
+    // loads (so one written for the whole contract works), and the log says they are ignored.
+    let services = TempDir::new();
+    std::fs::write(services.0.join("web.toml"), "name = \"web\"\n").expect("UNWRAP: service file");
+    let config = format!(
+        "services_dir = {:?}\n[webhook.github]\nsecret_env = \"CORRAL_TEST_HOOK\"\n",
+        services.0.display().to_string()
+    );
+    let daemon = Daemon::start_with_config(Some(&config), &[("CORRAL_TEST_HOOK", "0123456789abcdef")]).await;
+    let log = daemon.log();
+    assert!(
+        log.contains("[webhook.github] is set, but this build has no webhook route yet"),
+        "{log}"
+    );
+    assert!(
+        log.contains("holds 1 service file(s), but this build does not run services yet"),
+        "{log}"
+    );
+}
