@@ -77,6 +77,7 @@ impl TaskHandler for ProcessTask {
                 stdin: false,
                 id: None,
                 record_command: None,
+                durable_output: false,
             };
             let (record, process, _) = run_to_end(&processes, request, &context, grace).await?;
             process_task_result(&processes, &record.id, &process)
@@ -413,6 +414,8 @@ impl TaskHandler for ExecTask {
                 stdin: false,
                 id: None,
                 record_command: Some(invocation.redacted_argv.clone()),
+                // The job's result is its output: a crash of the daemon must not lose what came before.
+                durable_output: true,
             };
             let started = std::time::Instant::now();
             let (record, process, finished) = run_to_end(&processes, request, &context, DEFAULT_GRACE).await?;

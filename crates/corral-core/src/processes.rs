@@ -53,6 +53,10 @@ pub struct StartRequest {
     /// The argv to record instead of `command` (already redacted by the caller, e.g. exec's secret
     /// args); `None` records `command` with secret-looking values redacted.
     pub record_command: Option<Vec<String>>,
+    /// Mirror the captured output to disk while the process runs (see
+    /// [`ProcessManager::set_output_mirror`]), so that a crash of the daemon loses none of what the
+    /// process wrote before it: for processes whose output is their result (exec jobs).
+    pub durable_output: bool,
 }
 
 /// Errors of the process table.
@@ -247,6 +251,8 @@ struct Inner {
     reasons: Mutex<HashMap<String, String>>,
     /// Finished processes whose handles (and captured output) are still kept, oldest first.
     finished: Mutex<FinishedCache>,
+    /// Where output of `durable_output` processes is mirrored ([`ProcessManager::set_output_mirror`]).
+    mirror_dir: std::sync::OnceLock<PathBuf>,
 }
 
 /// Handles of finished processes are kept for their output, within a count and a byte budget.
@@ -284,8 +290,17 @@ impl ProcessManager {
                 recorded_changed: Notify::new(),
                 reasons: Mutex::new(HashMap::new()),
                 finished: Mutex::new(FinishedCache::default()),
+                mirror_dir: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Mirrors the output of processes started with [`StartRequest::durable_output`] to files in `dir`
+    /// (which must exist) while they run, and reads such mirrors back when [`ProcessManager::reconcile`]
+    /// re-attaches a process: with a keeper, a crash of the daemon then loses none of their output. Set
+    /// once, before processes start; later calls are ignored.
+    pub fn set_output_mirror(&self, dir: PathBuf) {
+        let _ = self.inner.mirror_dir.set(dir);
     }
 
     fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
@@ -366,6 +381,9 @@ impl ProcessManager {
             command = command.timeout(timeout);
         }
         command = command.grace(request.grace.unwrap_or(DEFAULT_GRACE));
+        if let Some(dir) = self.inner.mirror_dir.get().filter(|_| request.durable_output) {
+            command = command.mirror_output(dir);
+        }
         let tracker = Arc::new(Tracker::default());
         command = self.on_exit(command, &tracker);
         let spawned = match &self.inner.keeper {
@@ -736,7 +754,25 @@ impl ProcessManager {
                 }
             }
         }
+        self.remove_stray_mirrors();
         Ok(report)
+    }
+
+    /// Removes output mirrors no re-attached process reads on: their process is gone (the keeper lost it,
+    /// or it ran without one), and its captured output with it.
+    fn remove_stray_mirrors(&self) {
+        let Some(dir) = self.inner.mirror_dir.get() else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let id = name.to_string_lossy();
+            let id = id.split('.').next().unwrap_or_default();
+            if !self.is_reattached(id) {
+                if let Err(err) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), error = %err, "cannot remove a stray output mirror");
+                }
+            }
+        }
     }
 
     /// Re-attaches a process the keeper kept: a [`Handle::Live`] again, with its exit hook. Returns whether
@@ -766,7 +802,16 @@ impl ProcessManager {
             record.command.clone()
         };
         let tracker = Arc::new(Tracker::default());
-        let command = Command::new(&argv).id(record.id.as_str()).grace(DEFAULT_GRACE);
+        let mut command = Command::new(&argv).id(record.id.as_str()).grace(DEFAULT_GRACE);
+        // A process whose output was mirrored (`durable_output`) gets it back, and goes on mirroring.
+        if let Some(dir) = self.inner.mirror_dir.get() {
+            let mirrored = ["stdout", "stderr", "stdout.1", "stderr.1"]
+                .iter()
+                .any(|suffix| dir.join(format!("{}.{suffix}", record.id)).exists());
+            if mirrored {
+                command = command.mirror_output(dir);
+            }
+        }
         let process = self
             .on_exit(command, &tracker)
             .adopt(child, client, from_ms(started_at))

@@ -58,6 +58,7 @@ impl StepLauncher for ManagedLauncher {
                 stdin: false,
                 id: None,
                 record_command: None,
+                durable_output: false,
             };
             let started = std::time::Instant::now();
             let record = match self.processes.start(request).await {

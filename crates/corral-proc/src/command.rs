@@ -95,6 +95,7 @@ pub struct Command {
     pub(crate) ring_size: usize,
     pub(crate) line_max: usize,
     pub(crate) log: Option<LogFile>,
+    pub(crate) mirror: Option<PathBuf>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) grace: Duration,
     pub(crate) drain: Duration,
@@ -146,6 +147,7 @@ impl Command {
             ring_size: DEFAULT_RING_SIZE,
             line_max: DEFAULT_LINE_MAX,
             log: None,
+            mirror: None,
             timeout: None,
             grace: DEFAULT_GRACE,
             drain: DEFAULT_DRAIN,
@@ -260,6 +262,16 @@ impl Command {
     /// What to do with group members still running when the leader exits by itself.
     pub fn leftovers(mut self, leftovers: Leftovers) -> Self {
         self.leftovers = leftovers;
+        self
+    }
+
+    /// Mirrors each captured stream to a file in `dir` (`<id>.stdout`, `<id>.stderr`, created on the first
+    /// output, mode 0600), kept within the ring size of newest output, and removed when the process has
+    /// ended. With a keeper, what a process wrote before its supervisor died is then not lost: a supervisor
+    /// that adopts the process ([`Command::adopt`]) with the same `dir` captures the mirror first, then what
+    /// the keeper spooled. Needs an [`id`](Command::id); without one nothing is mirrored.
+    pub fn mirror_output(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.mirror = Some(dir.into());
         self
     }
 

@@ -160,6 +160,103 @@ impl Capture {
     }
 }
 
+/// One stream's output mirrored to a file ([`Command::mirror_output`](crate::Command::mirror_output)):
+/// appended as the pump reads, and kept within `cap` bytes of the newest output by moving the file to
+/// `<path>.1` once it is full (dropping the older `.1`). Created on the first write, so a process that
+/// writes nothing costs nothing. A write error is logged once and ends the mirror; the capture goes on.
+pub(crate) struct Mirror {
+    path: PathBuf,
+    cap: u64,
+    file: Option<File>,
+    len: u64,
+    failed: bool,
+    /// Files may exist to remove at the end: created by this mirror, or by an earlier one (an adopted
+    /// process). Untouched, the end costs no `unlink`.
+    touched: bool,
+}
+
+impl Mirror {
+    /// A mirror at `path`; `existing`: its files may already exist (an adopted process's).
+    pub(crate) fn new(path: PathBuf, cap: usize, existing: bool) -> Self {
+        Mirror {
+            path,
+            cap: cap.max(1) as u64,
+            file: None,
+            len: 0,
+            failed: false,
+            touched: existing,
+        }
+    }
+
+    fn older(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".1");
+        PathBuf::from(name)
+    }
+
+    fn open(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.touched = true;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        self.len = file.metadata()?.len();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    pub(crate) fn write(&mut self, chunk: &[u8]) {
+        if self.failed || chunk.is_empty() {
+            return;
+        }
+        let result = (|| -> io::Result<()> {
+            if self.file.is_none() {
+                self.open()?;
+            }
+            if self.len > 0 && self.len + chunk.len() as u64 > self.cap {
+                self.file = None;
+                fs::rename(&self.path, Self::older(&self.path))?;
+                self.open()?;
+            }
+            if let Some(file) = self.file.as_mut() {
+                file.write_all(chunk)?;
+                self.len += chunk.len() as u64;
+            }
+            Ok(())
+        })();
+        if let Err(err) = result {
+            tracing::warn!(path = %self.path.display(), error = %err, "cannot mirror output; it is still captured");
+            self.failed = true;
+            self.file = None;
+        }
+    }
+
+    /// The newest `cap` bytes mirrored at `path` (the older file first); empty when there are none.
+    pub(crate) fn read_tail(path: &Path, cap: usize) -> Vec<u8> {
+        let mut bytes = fs::read(Self::older(path)).unwrap_or_default();
+        bytes.extend(fs::read(path).unwrap_or_default());
+        let start = bytes.len().saturating_sub(cap);
+        bytes.split_off(start)
+    }
+
+    /// Removes the mirror's files.
+    pub(crate) fn remove(&mut self) {
+        self.file = None;
+        if !std::mem::take(&mut self.touched) {
+            return;
+        }
+        for path in [Self::older(&self.path), self.path.clone()] {
+            if let Err(err) = fs::remove_file(&path) {
+                if err.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot remove an output mirror");
+                }
+            }
+        }
+    }
+}
+
 /// Chunks a pump reads in one poll before it lets the rest of its task run: a child that writes without
 /// pause must not keep its supervisor from seeing a stop request or a timeout.
 const CHUNKS_PER_POLL: usize = 16;
@@ -179,6 +276,8 @@ pub(crate) struct Pump {
     /// Bytes to ask for in the next read: grows from [`FIRST_READ_CHUNK`] to [`READ_CHUNK`].
     chunk: usize,
     log_failed: bool,
+    /// Where what is read is mirrored, if anywhere.
+    pub(crate) mirror: Option<Mirror>,
 }
 
 /// The captured streams of one process, and where what they read goes.
@@ -210,6 +309,7 @@ impl Pump {
             buf: BytesMut::new(),
             chunk: FIRST_READ_CHUNK,
             log_failed: false,
+            mirror: None,
         };
         if let Some(prefill) = prefill {
             pump.take_chunk(&prefill.into(), capture, &pumps.events, pumps.log.as_ref());
@@ -310,6 +410,9 @@ impl Pump {
                 }
             }
         }
+        if let Some(mirror) = self.mirror.as_mut() {
+            mirror.write(chunk);
+        }
         let (stream, splitter) = (self.stream, &mut self.splitter);
         // The event goes out under the ring's lock: `Process::follow` reads the rings and subscribes under
         // the same locks, so a chunk reaches a follower either in its snapshot or as an event, never both.
@@ -376,6 +479,15 @@ impl Pumps {
         }
     }
 
+    /// Removes the output mirrors (the process has ended and its end is recorded).
+    pub(crate) fn remove_mirrors(&mut self) {
+        for pump in [&mut self.stdout, &mut self.stderr].into_iter().flatten() {
+            if let Some(mut mirror) = pump.mirror.take() {
+                mirror.remove();
+            }
+        }
+    }
+
     /// Stops reading both streams, what is left in the pipes unread.
     pub(crate) fn close(&mut self, stdout_capture: Option<&Capture>, stderr_capture: Option<&Capture>) {
         for (pump, capture) in [(&mut self.stdout, stdout_capture), (&mut self.stderr, stderr_capture)] {
@@ -404,5 +516,40 @@ mod tests {
         assert_eq!(read(&dir.join("svc.log.2")), b"bbbbbbbb");
         assert!(!dir.join("svc.log.3").exists());
         let _ = fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod mirror_tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_keeps_the_newest_bytes_within_twice_its_cap_and_reads_them_back() {
+        let dir = std::env::temp_dir().join(format!("corral-mirror-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(&dir).expect("UNWRAP: temp dir");
+        let path = dir.join("p.stdout");
+        assert!(Mirror::read_tail(&path, 10).is_empty(), "nothing mirrored yet");
+        let mut mirror = Mirror::new(path.clone(), 10, false);
+        mirror.write(b"");
+        assert!(!path.exists(), "created on the first output only");
+        let mut written = Vec::new();
+        for chunk in [&b"abcd"[..], b"efgh", b"ijkl", b"mnopqrstuvwxyz", b"12"] {
+            mirror.write(chunk);
+            written.extend_from_slice(chunk);
+            let on_disk = fs::metadata(&path).map_or(0, |m| m.len())
+                + fs::metadata(dir.join("p.stdout.1")).map_or(0, |m| m.len());
+            assert!(on_disk <= 10 + 14, "bounded: {on_disk}");
+            assert_eq!(
+                Mirror::read_tail(&path, 10),
+                written[written.len().saturating_sub(10)..]
+            );
+        }
+        // A second mirror on the same file (a new daemon adopting the process) appends.
+        let mut again = Mirror::new(path.clone(), 10, true);
+        again.write(b"34");
+        assert_eq!(Mirror::read_tail(&path, 10), b"uvwxyz1234");
+        again.remove();
+        assert!(!path.exists() && !dir.join("p.stdout.1").exists(), "both files removed");
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -30,7 +30,7 @@ use crate::event::{EventKind, EventSender, EventSlot, Events, ProcessId, Stream}
 use crate::group;
 use crate::identity::{Pidfd, ProcessIdentity};
 use crate::keeper;
-use crate::output::{Capture, LogWriter, Pump, Pumps};
+use crate::output::{Capture, LogWriter, Mirror, Pump, Pumps};
 use crate::reaper;
 use crate::signal::Signal;
 
@@ -251,6 +251,14 @@ impl CapturedOutput {
     pub fn to_string_lossy(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
     }
+}
+
+/// Where `stream` of `command` is mirrored ([`Command::mirror_output`]): none without a mirror dir, a ring
+/// to refill, or an id that is a plain file name (letters, digits, `-`, `_`: never a path).
+fn mirror_path(command: &Command, stream: Stream) -> Option<std::path::PathBuf> {
+    let (dir, id) = (command.mirror.as_ref()?, command.id.as_ref()?.as_str());
+    let plain = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (plain && command.ring_size > 0).then(|| dir.join(format!("{id}.{}", stream.as_str())))
 }
 
 /// A request to the actor.
@@ -490,8 +498,10 @@ impl Process {
         let pidfd = Pidfd::open(pid)
             .map_err(|err| tracing::warn!(pid, error = %err, "cannot open a pidfd on a kept child"))
             .ok();
-        // Spool first, then the pipe: the stream in order. A gap is said in the output itself.
-        let handover = |stream: Option<keeper::Handover>, name: &str| -> Option<(OwnedFd, Option<Vec<u8>>)> {
+        // Mirror (what an earlier supervisor read), then spool (what the keeper read since), then the pipe:
+        // the stream in order. A gap is said in the output itself.
+        let handover = |stream: Option<keeper::Handover>, which: Stream| -> Option<(OwnedFd, Option<Vec<u8>>)> {
+            let name = which.as_str();
             let stream = stream?;
             let mut spooled = stream.read_spool().unwrap_or_else(|err| {
                 tracing::warn!(pid, stream = name, error = %err, "cannot read the keeper's spool");
@@ -506,10 +516,15 @@ impl Process {
                     format!("[corral: {} bytes lost while the daemon was down]\n", stream.dropped).as_bytes(),
                 );
             }
+            if let Some(path) = mirror_path(&command, which) {
+                let mut mirror = Mirror::new(path.clone(), command.ring_size, true);
+                mirror.write(&spooled);
+                spooled = Mirror::read_tail(&path, command.ring_size);
+            }
             Some((stream.reader, Some(spooled).filter(|bytes| !bytes.is_empty())))
         };
-        let stdout = handover(child.stdout, "stdout");
-        let stderr = handover(child.stderr, "stderr");
+        let stdout = handover(child.stdout, Stream::Stdout);
+        let stderr = handover(child.stderr, Stream::Stderr);
         let now = SystemTime::now();
         let running_for = now.duration_since(started_at).unwrap_or_default();
         let started_instant = Instant::now().checked_sub(running_for).unwrap_or_else(Instant::now);
@@ -557,7 +572,10 @@ impl Process {
         let pump = |stream: Stream, fd: Option<(OwnedFd, Option<Vec<u8>>)>, pumps: &mut Pumps| {
             fd.map(|(fd, prefill)| {
                 let capture = Capture::new(command.ring_size);
-                let pump = Pump::new(stream, fd, prefill, &capture, command.line_max, pumps);
+                // The prefill is already in the mirror (`adopt` put it there): attached after it.
+                let existing = prefill.is_some();
+                let mut pump = Pump::new(stream, fd, prefill, &capture, command.line_max, pumps);
+                pump.mirror = mirror_path(command, stream).map(|path| Mirror::new(path, command.ring_size, existing));
                 (pump, capture)
             })
         };
@@ -1070,6 +1088,8 @@ impl Actor {
         };
         self.shared.set_state(State::Finished(finished.clone()));
         self.call_exit_hook(&finished);
+        // The end is recorded and the output captured: a restart has nothing left to re-attach.
+        self.pumps.remove_mirrors();
         self.events.send(EventKind::Exited(finished));
         self.events.own.close();
     }

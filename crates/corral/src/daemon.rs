@@ -144,6 +144,17 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         Some(client) => ProcessManager::with_keeper(store.clone(), bus.clone(), client.clone()),
         None => ProcessManager::new(store.clone(), bus.clone()),
     };
+    if keeper_client.is_some() {
+        // Exec jobs' output, mirrored while they run, so that a crash loses none of it (only a kept
+        // process outlives the daemon and needs it).
+        let mirror = config.state_dir.join("output");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&mirror)
+            .context("cannot create the output mirror dir")?;
+        processes.set_output_mirror(mirror);
+    }
     let reconcile_started = Instant::now();
     let reconcile = processes.reconcile(kept_state).context("reconciling process records")?;
     tracing::info!(

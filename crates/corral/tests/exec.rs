@@ -804,3 +804,61 @@ async fn a_concurrency_limit_holds_across_a_kill_9_and_keeps_submit_order() {
         "one at a time, in submit order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_running_at_kill_9_keeps_the_output_it_wrote_before() {
+    // While the daemon is attached, it reads the job's pipes itself; the keeper spools only what comes
+    // while no daemon is. What the job wrote before a kill -9 lived only in the daemon's memory, and the
+    // resumed job's result lacked it.
+    let mut daemon = daemon_with_tools("", &[]).await;
+    let gate = daemon.dir.0.join("gate");
+    let script = format!(
+        "echo before; echo err-before >&2; while [ ! -e {} ]; do sleep 0.02; done; echo after; echo err-after >&2",
+        gate.display()
+    );
+    let tool = format!(
+        "name = \"twice\"\n[[command]]\nname = \"out\"\nexec = [\"/bin/sh\", \"-c\", {script:?}]\ntimeout = \"120s\"\n"
+    );
+    std::fs::write(daemon.dir.0.join("tools.d").join("twice.toml"), tool).expect("UNWRAP: write tool");
+    wait_until("tool loaded", || async {
+        daemon.get("/tools").await.1["tools"]
+            .as_array()
+            .is_some_and(|tools| tools.iter().any(|t| t["name"] == "twice"))
+    })
+    .await;
+    let id = submit_job(&daemon, "/exec/twice/out", json!({})).await;
+    wait_until("the job wrote its first lines", || async {
+        let (_, list) = daemon.get(&format!("/processes?label=job%3D{id}")).await;
+        let Some(process) = list.as_array().and_then(|l| l.first()).and_then(|p| p["id"].as_str()) else {
+            return false;
+        };
+        let (_, output) = daemon.get(&format!("/processes/{process}/output")).await;
+        let text = output.to_string();
+        text.contains("before") && text.contains("err-before")
+    })
+    .await;
+    daemon.kill9();
+    // A mirror no process reads on (its process was lost meanwhile) is removed at the restart.
+    let stray = daemon
+        .state_dir
+        .join("output")
+        .join("0190aaaa-0000-7000-8000-000000000000.stdout");
+    std::fs::write(&stray, b"old").expect("UNWRAP: stray mirror");
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    assert!(!stray.exists(), "stray mirror removed");
+    std::fs::write(&gate, b"").expect("UNWRAP: gate");
+    let (_, job) = daemon.get(&format!("/exec/jobs/{id}?wait=60s")).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["stdout"], "before\nafter\n", "{job}");
+    assert_eq!(job["stderr"], "err-before\nerr-after\n", "{job}");
+    let (_, task) = daemon.get(&format!("/tasks/{id}")).await;
+    assert_eq!(task["attempt"], 1, "resumed, not run again: {task}");
+    let left: Vec<_> = std::fs::read_dir(daemon.state_dir.join("output"))
+        .map(|dir| dir.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "the mirrors are removed once the job's process ended: {left:?}"
+    );
+}

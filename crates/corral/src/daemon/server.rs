@@ -478,6 +478,7 @@ async fn start_process(
         stdin: body.stdin,
         id: None,
         record_command: None,
+        durable_output: false,
     };
     for (key, value) in &request.labels {
         validate_label(key, value)?;
