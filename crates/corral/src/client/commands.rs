@@ -78,12 +78,14 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
         grace: args.grace.clone(),
         stdin: false,
     };
+    // Before the start: a Ctrl-C that comes while the process starts stops it once it runs, instead of
+    // killing this CLI and leaving the process behind.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let started: ProcessJson = client.call(Method::POST, "/processes", Some(&request)).await?;
     let mut events = client
         .events(&format!("/processes/{}/output?follow=true", enc(&started.id)))
         .await?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut stopping = false;
     let mut last: Option<ProcessJson> = None;
     loop {
