@@ -77,7 +77,8 @@ impl TaskHandler for ProcessTask {
                 stdin: false,
                 id: None,
                 record_command: None,
-                durable_output: false,
+                // The task's result holds its output: a crash of the daemon must not lose what came before.
+                durable_output: true,
             };
             let (record, process, _) = run_to_end(&processes, request, &context, grace).await?;
             process_task_result(&processes, &record.id, &process)

@@ -14,7 +14,7 @@ fn uuid(n: u32) -> String {
 /// A `process` task that sleeps, then appends one line to a file named after the task.
 fn append_task(dir: &std::path::Path, id: &str, sleep: &str) -> Value {
     json!({"id": id, "type": "process", "params": {
-        "command": ["sh", "-c", format!("sleep {sleep}; echo {id} >> {}/{id}.txt", dir.display())]
+        "command": ["sh", "-c", format!("echo before-$((1+1)); sleep {sleep}; echo {id} >> {}/{id}.txt", dir.display())]
     }})
 }
 
@@ -209,6 +209,9 @@ async fn kill_9_mid_run(config: Option<&str>, tasks: u32, attempt: u32) {
     for id in &ids {
         let (_, task) = daemon.get(&format!("/tasks/{id}")).await;
         assert_eq!(task["attempt"], attempt, "{task}");
+        // What the process wrote before the crash is in the result too (mirrored with the keeper; written
+        // again by the re-run without it).
+        assert!(task["result"].to_string().contains("before-2"), "{task}");
     }
 }
 
