@@ -23,8 +23,9 @@ pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
 /// The longest value an arg accepts when its file does not say (`max_len`).
 pub const DEFAULT_MAX_LEN: usize = 4096;
 
-/// The largest `max_len` a file may declare: Linux refuses longer argv elements (`MAX_ARG_STRLEN`).
-pub const MAX_MAX_LEN: usize = 128 * 1024;
+/// The largest `max_len` a file may declare: Linux refuses argv elements of `MAX_ARG_STRLEN` bytes or more,
+/// the terminating NUL included.
+pub const MAX_MAX_LEN: usize = super::spec::MAX_ARG_STRLEN - 1;
 
 /// The longest pattern a file may declare, in bytes.
 pub const MAX_PATTERN_LEN: usize = 4096;

@@ -206,6 +206,21 @@ impl Template {
     }
 }
 
+/// Linux's limit on one argv element, its terminating NUL included (`MAX_ARG_STRLEN`, 32 pages of 4 KiB).
+pub(crate) const MAX_ARG_STRLEN: usize = 128 * 1024;
+
+/// Bytes the arg values fill in one rendered element (the rest is the template's literal text).
+fn template_args_len(template: &Template, values: &[Option<&str>]) -> usize {
+    template
+        .segments
+        .iter()
+        .map(|segment| match segment {
+            Segment::Arg(index) => values.get(*index).copied().flatten().map_or(0, str::len),
+            Segment::Literal(_) => 0,
+        })
+        .sum()
+}
+
 /// One runnable command of a tool, validated.
 #[derive(Debug)]
 pub struct CommandSpec {
@@ -332,6 +347,19 @@ impl CommandSpec {
         let mut redacted_argv = Vec::with_capacity(self.exec.len());
         for template in &self.exec {
             if let Some(element) = template.render(|i| values.get(i).copied().flatten()) {
+                // Linux refuses an argv element of MAX_ARG_STRLEN bytes or more (its NUL included) when the
+                // program starts: refused here instead, naming the arg, so that no job fails for it later.
+                if element.len() >= MAX_ARG_STRLEN {
+                    let arg = template.segments.iter().find_map(|segment| match segment {
+                        Segment::Arg(index) => self.args.get(*index).map(|a| a.name.clone()),
+                        Segment::Literal(_) => None,
+                    });
+                    return Err(ArgError::TooLong {
+                        arg: arg.unwrap_or_default(),
+                        len: element.len(),
+                        max_len: MAX_ARG_STRLEN - 1 - (element.len() - template_args_len(template, &values)),
+                    });
+                }
                 argv.push(element);
                 redacted_argv.push(
                     template
@@ -566,6 +594,32 @@ pattern = "info|debug"
                 .expect("UNWRAP: valid args"),
             ["/bin/prog", "web", "--tag=", "", "xwebywebz", "--level", "info"]
         );
+    }
+
+    #[test]
+    fn an_element_the_kernel_would_refuse_is_refused_naming_its_arg() {
+        // max_len may be 131071 (MAX_ARG_STRLEN less the NUL), but text around the placeholder makes the
+        // element longer: such a value used to be accepted, and the job then failed to start (E2BIG).
+        let cmd = command(
+            "[[command]]\nname = \"big\"\nexec = [\"/bin/prog\", \"{{a}}\", \"--x={{a}}\"]\ntimeout = \"5s\"\n\
+             [[command.arg]]\nname = \"a\"\nmax_len = 131071\n",
+        );
+        let fits = "a".repeat(MAX_ARG_STRLEN - 1 - "--x=".len());
+        assert!(cmd.resolve(&args(&[("a", &fits)])).is_ok());
+        let long = "a".repeat(MAX_ARG_STRLEN - "--x=".len());
+        assert_eq!(
+            cmd.resolve(&args(&[("a", &long)])),
+            Err(ArgError::TooLong {
+                arg: "a".into(),
+                len: MAX_ARG_STRLEN,
+                max_len: MAX_ARG_STRLEN - 1 - "--x=".len(),
+            })
+        );
+        assert!(parse_tool_file(
+            Path::new("/t/test.toml"),
+            "[[command]]\nname = \"c\"\nexec = [\"/bin/prog\", \"{{a}}\"]\ntimeout = \"5s\"\n[[command.arg]]\nname = \"a\"\nmax_len = 131072\n"
+        )
+        .is_err(), "a max_len the kernel cannot take is refused at load");
     }
 
     #[test]
