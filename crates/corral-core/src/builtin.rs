@@ -49,6 +49,24 @@ impl ProcessTask {
 }
 
 impl TaskHandler for ProcessTask {
+    /// Secret-looking argv values and environment values (by name) show as `***`, as in process records.
+    fn redact_params(&self, params: &Value) -> Value {
+        let mut shown = params.clone();
+        if let Some(command) = shown.get_mut("command") {
+            if let Ok(argv) = Vec::<String>::deserialize(&*command) {
+                *command = json!(crate::redact::redact_argv(&argv));
+            }
+        }
+        if let Some(env) = shown.get_mut("env").and_then(Value::as_object_mut) {
+            for (name, value) in env.iter_mut() {
+                if crate::redact::looks_secret(name) {
+                    *value = Value::String("***".into());
+                }
+            }
+        }
+        shown
+    }
+
     fn validate(&self, params: &Value) -> Result<(), String> {
         let params: ProcessParams = Deserialize::deserialize(params).map_err(|e: serde_json::Error| e.to_string())?;
         if params.command.is_empty() || params.command[0].is_empty() {
@@ -434,6 +452,30 @@ impl TaskHandler for ExecTask {
 
     fn resumes(&self) -> bool {
         true
+    }
+
+    /// Args the command marks `secret` show as `***`; all args do when the command is no longer declared
+    /// (which of them were secret is not known then).
+    fn redact_params(&self, params: &Value) -> Value {
+        let mut shown = params.clone();
+        let (Some(tool), Some(command)) = (
+            params.get("tool").and_then(Value::as_str),
+            params.get("command").and_then(Value::as_str),
+        ) else {
+            return shown;
+        };
+        let spec = self.registry.current().lookup(tool, command);
+        if let Some(args) = shown.get_mut("args").and_then(Value::as_object_mut) {
+            for (name, value) in args.iter_mut() {
+                let secret = spec
+                    .as_ref()
+                    .is_none_or(|spec| spec.arg(name).is_none_or(|arg| arg.secret()));
+                if secret {
+                    *value = Value::String("***".into());
+                }
+            }
+        }
+        shown
     }
 
     /// The resumed job's process already runs: it takes its command's slot back before the jobs that

@@ -14,7 +14,9 @@ const SECRET_WORDS: &[&str] = &[
     "private",
 ];
 
-fn looks_secret(name: &str) -> bool {
+/// True when a name (an option, an environment variable) suggests its value is a secret: password, token,
+/// secret, key, ...
+pub fn looks_secret(name: &str) -> bool {
     let lower = name.trim_start_matches('-').to_ascii_lowercase();
     !lower.is_empty() && SECRET_WORDS.iter().any(|w| lower.contains(w))
 }

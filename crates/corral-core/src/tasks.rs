@@ -209,6 +209,12 @@ pub trait TaskHandler: Send + Sync + 'static {
         false
     }
 
+    /// `params` as shown to API callers: secrets hidden (`***`). The store keeps them whole, as runs need
+    /// them. Default: as they are.
+    fn redact_params(&self, params: &Value) -> Value {
+        params.clone()
+    }
+
     /// Called for each run about to be resumed, at once and before any other run of the recovery starts,
     /// so that the handler can take back what the interrupted run held (an exec command's concurrency slot)
     /// ahead of the runs that start again. What it returns is kept until the resumed run ends. Default:
@@ -892,6 +898,15 @@ impl TaskEngine {
                 }
                 Err(err) => tracing::warn!(task = id, error = %err, "cannot renew task lease"),
             }
+        }
+    }
+
+    /// A task's params as API callers see them ([`TaskHandler::redact_params`]); a type this engine does
+    /// not know shows none (it cannot tell what is secret in them).
+    pub fn shown_params(&self, record: &TaskRecord) -> Value {
+        match self.inner.types.get(&record.task_type) {
+            Some(entry) => entry.handler.redact_params(&record.params),
+            None => Value::Null,
         }
     }
 

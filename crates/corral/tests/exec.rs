@@ -862,3 +862,43 @@ async fn a_job_running_at_kill_9_keeps_the_output_it_wrote_before() {
         "the mirrors are removed once the job's process ended: {left:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_args_never_show_in_the_task_api() {
+    // `secret = true` args were masked in the process record and the log, but `GET /tasks/{id}` and
+    // `GET /tasks` showed them in clear (to any token with `read`); so did process tasks' secret-looking argv.
+    let daemon = daemon_with_tools("", &[]).await;
+    let tool = "name = \"sec\"\n[[command]]\nname = \"login\"\nexec = [\"/bin/true\", \"{{user}}\", \"{{pw}}\"]\ntimeout = \"10s\"\n[[command.arg]]\nname = \"user\"\n[[command.arg]]\nname = \"pw\"\nsecret = true\n";
+    std::fs::write(daemon.dir.0.join("tools.d").join("sec.toml"), tool).expect("UNWRAP: write tool");
+    wait_until("tool loaded", || async {
+        daemon.get("/tools").await.1["tools"]
+            .as_array()
+            .is_some_and(|tools| tools.iter().any(|t| t["name"] == "sec"))
+    })
+    .await;
+    let job = run_job(&daemon, "/exec/sec/login", json!({"user": "ann", "pw": "HUNTER2PW"})).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let id = job["job_id"].as_str().expect("UNWRAP: id");
+    let (_, task) = daemon.get(&format!("/tasks/{id}")).await;
+    assert_eq!(task["params"]["args"], json!({"user": "ann", "pw": "***"}), "{task}");
+    let (_, list) = daemon.get("/tasks?type=exec").await;
+    assert!(!list.to_string().contains("HUNTER2PW"), "{list}");
+    let (status, submitted) = daemon
+        .post(
+            "/tasks",
+            json!({"type": "process", "params": {"command": ["true", "--password", "PLAINPW"],
+                   "env": {"API_TOKEN": "TOKSECRET9", "MODE": "fast"}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{submitted}");
+    assert_eq!(
+        submitted["params"]["command"],
+        json!(["true", "--password", "***"]),
+        "{submitted}"
+    );
+    assert_eq!(
+        submitted["params"]["env"],
+        json!({"API_TOKEN": "***", "MODE": "fast"}),
+        "{submitted}"
+    );
+}

@@ -31,6 +31,13 @@ impl From<EngineError> for AppError {
     }
 }
 
+/// A task as API callers see it: secret params hidden (`TaskEngine::shown_params`).
+fn shown(state: &AppState, record: &corral_store::TaskRecord) -> TaskJson {
+    let mut json = TaskJson::from(record);
+    json.params = state.inner.tasks.shown_params(record);
+    json
+}
+
 /// The routes.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -49,7 +56,7 @@ async fn submit(State(state): State<AppState>, ApiJson(body): ApiJson<SubmitTask
         // A failed id queued again is not a new task: 200, with the task now queued.
         SubmitResult::Requeued(_) => StatusCode::OK,
     };
-    Ok((status, Json(TaskJson::from(result.record()))).into_response())
+    Ok((status, Json(shown(&state, result.record()))).into_response())
 }
 
 async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<Vec<TaskJson>>, AppError> {
@@ -82,7 +89,7 @@ async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Resul
     }
     filter.limit = Some(filter.limit.unwrap_or(1000).min(10_000));
     let tasks = state.inner.tasks.list(&filter)?;
-    Ok(Json(tasks.iter().map(TaskJson::from).collect()))
+    Ok(Json(tasks.iter().map(|record| shown(&state, record)).collect()))
 }
 
 async fn get_one(
@@ -96,7 +103,7 @@ async fn get_one(
         None => state.inner.tasks.get(&id)?,
     };
     record
-        .map(|r| Json(TaskJson::from(&r)))
+        .map(|r| Json(shown(&state, &r)))
         .ok_or_else(|| AppError::not_found(format!("no task with id {id}")))
 }
 
