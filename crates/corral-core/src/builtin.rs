@@ -274,7 +274,11 @@ struct CommandLimit {
 }
 
 struct LimitState {
+    /// The command's `concurrency` as last seen.
+    size: usize,
     free: usize,
+    /// Slots still held beyond a lowered size: given back, they are not handed on.
+    excess: usize,
     /// Waiting jobs by id; a permit is handed to the smallest id.
     waiting: BTreeMap<String, tokio::sync::oneshot::Sender<CommandPermit>>,
 }
@@ -289,7 +293,9 @@ impl CommandLimit {
     fn new(permits: usize) -> Self {
         CommandLimit {
             state: std::sync::Mutex::new(LimitState {
+                size: permits.max(1),
                 free: permits.max(1),
+                excess: 0,
                 waiting: BTreeMap::new(),
             }),
         }
@@ -297,6 +303,40 @@ impl CommandLimit {
 
     fn state(&self) -> std::sync::MutexGuard<'_, LimitState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows an edited tool file: a raised limit lets waiting jobs start at once, a lowered one takes
+    /// effect as running jobs end.
+    fn resize(self: &std::sync::Arc<Self>, permits: usize) {
+        let permits = permits.max(1);
+        let mut state = self.state();
+        if permits > state.size {
+            let mut more = permits - state.size;
+            let paid = more.min(state.excess);
+            state.excess -= paid;
+            more -= paid;
+            state.free += more;
+        } else {
+            let mut fewer = state.size - permits;
+            let taken = fewer.min(state.free);
+            state.free -= taken;
+            fewer -= taken;
+            state.excess += fewer;
+        }
+        state.size = permits;
+        // Hand free slots to waiters, smallest id first.
+        while state.free > 0 {
+            let Some((_, sender)) = state.waiting.pop_first() else {
+                break;
+            };
+            let permit = CommandPermit {
+                limit: Some(self.clone()),
+            };
+            match sender.send(permit) {
+                Ok(()) => state.free -= 1,
+                Err(mut permit) => permit.limit = None,
+            }
+        }
     }
 
     /// Waits for a slot; `job` orders the waiters.
@@ -332,6 +372,11 @@ impl Drop for CommandPermit {
     fn drop(&mut self) {
         let Some(limit) = self.limit.take() else { return };
         let mut state = limit.state();
+        if state.excess > 0 {
+            // The limit was lowered: this slot is gone.
+            state.excess -= 1;
+            return;
+        }
         // The next waiter in id order; one that gave up (its job cancelled) is skipped.
         while let Some((_, sender)) = state.waiting.pop_first() {
             let permit = CommandPermit {
@@ -357,13 +402,17 @@ impl ExecTask {
         }
     }
 
-    /// The limit of a command with a concurrency limit.
+    /// The limit of a command with a concurrency limit, resized to `permits` if its tool file changed it.
     fn limit(&self, key: &str, permits: usize) -> std::sync::Arc<CommandLimit> {
-        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
-        limits
-            .entry(key.to_owned())
-            .or_insert_with(|| std::sync::Arc::new(CommandLimit::new(permits)))
-            .clone()
+        let limit = {
+            let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+            limits
+                .entry(key.to_owned())
+                .or_insert_with(|| std::sync::Arc::new(CommandLimit::new(permits)))
+                .clone()
+        };
+        limit.resize(permits);
+        limit
     }
 
     /// The limit of the command `params` names, if it has one.
@@ -613,6 +662,29 @@ mod tests {
         drop(c.await.expect("UNWRAP: c").expect("UNWRAP: then c"));
         assert_eq!(limit.state().free, 1, "every slot came back, none twice");
         assert!(limit.state().waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_command_limit_follows_its_size_when_the_tool_file_changes() {
+        let limit = Arc::new(CommandLimit::new(1));
+        let first = limit.clone().acquire("job-a").await.expect("UNWRAP: a free slot");
+        let b = tokio::spawn(limit.clone().acquire_owned_for_test("job-b"));
+        let c = tokio::spawn(limit.clone().acquire_owned_for_test("job-c"));
+        while limit.state().waiting.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        limit.resize(3);
+        let b = b.await.expect("UNWRAP: b").expect("UNWRAP: raised: b starts at once");
+        let c = c.await.expect("UNWRAP: c").expect("UNWRAP: and c");
+        limit.resize(1);
+        drop(first);
+        drop(b);
+        assert!(limit.clone().try_acquire().is_none(), "lowered to 1 and c still runs");
+        drop(c);
+        let again = limit.clone().try_acquire().expect("UNWRAP: one slot once all ended");
+        assert!(limit.clone().try_acquire().is_none(), "only one");
+        drop(again);
+        assert_eq!(limit.state().free, 1);
     }
 
     impl CommandLimit {
