@@ -293,3 +293,52 @@ async fn ctrl_c_on_corral_run_stops_the_process_tree() {
     let (_, list) = daemon.get("/processes?label=test%3Dctrl-c").await;
     assert_eq!(list[0]["state"], "interrupted", "{list}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_on_corral_run_kills_at_once() {
+    // The first Ctrl-C stops gracefully; a second one used to do nothing, so a child ignoring TERM kept the
+    // CLI for its whole grace (60 s here).
+    let daemon = Daemon::start().await;
+    let mut command = std::process::Command::new(crate::util::bin());
+    crate::util::isolate(&mut command, &daemon.dir.0);
+    let mut cli = command
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["run", "--grace", "60s", "--label", "test=twice", "--", "sh", "-c"])
+        .arg("trap '' TERM INT; while :; do sleep 0.1; done")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("UNWRAP: spawn corral run");
+    async fn state(daemon: &Daemon) -> String {
+        let (_, list) = daemon.get("/processes?label=test%3Dtwice").await;
+        list[0]["state"].as_str().unwrap_or_default().to_owned()
+    }
+    wait_until("process running", || async { state(&daemon).await == "running" }).await;
+    let interrupt = || {
+        let _ = std::process::Command::new("kill")
+            .arg("-INT")
+            .arg(cli.id().to_string())
+            .status();
+    };
+    interrupt();
+    wait_until("stopping", || async { state(&daemon).await == "interrupting" }).await;
+    let asked = Instant::now();
+    interrupt();
+    let status = loop {
+        if let Some(status) = cli.try_wait().expect("UNWRAP: wait") {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "corral run still waits for the 60 s grace"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(128 + 9), "killed");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut cli.stderr.take().expect("UNWRAP: stderr"), &mut stderr)
+        .expect("UNWRAP: read stderr");
+    assert!(stderr.contains("Ctrl-C again to kill it now"), "{stderr}");
+    assert_eq!(state(&daemon).await, "interrupted");
+}

@@ -110,14 +110,9 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
                     _ => {}
                 }
             }
-            _ = interrupt.recv(), if !stopping => {
-                stopping = true;
-                stop_in_background(client, &started.id, args.grace.clone());
-            }
-            _ = terminate.recv(), if !stopping => {
-                stopping = true;
-                stop_in_background(client, &started.id, args.grace.clone());
-            }
+            // The first Ctrl-C (or SIGTERM) stops gracefully; another one kills at once.
+            _ = interrupt.recv() => stop_on_signal(client, &started.id, &args.grace, &mut stopping),
+            _ = terminate.recv() => stop_on_signal(client, &started.id, &args.grace, &mut stopping),
         }
     }
     let record = match last {
@@ -132,6 +127,19 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
         print_json(&record)?;
     }
     Ok(exit_code_of(&record))
+}
+
+/// `corral run`'s answer to Ctrl-C: a graceful stop the first time (saying how to hurry it), a stop with no
+/// grace (`KILL` now) after that.
+fn stop_on_signal(client: &Client, id: &str, grace: &Option<String>, stopping: &mut bool) {
+    if *stopping {
+        errln!("corral: killing the process now");
+        stop_in_background(client, id, Some("0s".to_owned()));
+    } else {
+        *stopping = true;
+        errln!("corral: stopping the process (TERM, then KILL after its grace); Ctrl-C again to kill it now");
+        stop_in_background(client, id, grace.clone());
+    }
 }
 
 fn stop_in_background(client: &Client, id: &str, grace: Option<String>) {
