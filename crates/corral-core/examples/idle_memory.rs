@@ -147,7 +147,7 @@ async fn measure(n: usize, dir: &std::path::Path) -> Result<(), Box<dyn std::err
     }
     tokio::time::sleep(settle).await;
     report("ProcessManager with a keeper", n, &before, &snapshot());
-    manager.shutdown_all(Some(Duration::ZERO)).await;
+    manager.shutdown_all(Duration::ZERO).await;
     client.shutdown().await?;
     Ok(())
 }

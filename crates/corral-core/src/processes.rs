@@ -880,9 +880,10 @@ impl ProcessManager {
         });
     }
 
-    /// Stops every process still running (graceful, all at once; `grace` or, when `None`, each process's
-    /// own) and waits until all are recorded.
-    pub async fn shutdown_all(&self, grace: Option<Duration>) {
+    /// Stops every process still running (graceful, all at once: each with its own grace, at most
+    /// `max_grace`; a recovered one, whose own is not kept, with `max_grace`) and waits until all are
+    /// recorded.
+    pub async fn shutdown_all(&self, max_grace: Duration) {
         let handles: Vec<(String, Handle)> = self
             .handles()
             .iter()
@@ -896,7 +897,11 @@ impl ProcessManager {
                 .transition_process(id, &[ProcessState::Running], ProcessState::Interrupting);
         }
         for (_, handle) in &handles {
-            handle.start_stop(grace);
+            let grace = match handle {
+                Handle::Live { process, .. } => process.grace().min(max_grace),
+                Handle::Recovered { .. } => max_grace,
+            };
+            handle.start_stop(Some(grace));
         }
         for (_, handle) in handles {
             handle.tracker().wait_recorded(&self.inner.recorded_changed).await;

@@ -297,6 +297,8 @@ struct Shared {
     control_queued: Notify,
     stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
     stdin_piped: bool,
+    /// The grace it was started with ([`Command::grace`]).
+    grace: Duration,
     stdout: Option<Capture>,
     stderr: Option<Capture>,
     /// Created on first subscription; closed by the actor after the final event.
@@ -599,6 +601,7 @@ impl Process {
             control_queued: Notify::new(),
             stdin: tokio::sync::Mutex::new(stdin),
             stdin_piped,
+            grace: command.grace,
             stdout,
             stderr,
             events: own_events,
@@ -778,6 +781,11 @@ impl Process {
     /// Does nothing if the process has already finished.
     pub fn start_shutdown(&self, grace: Duration) {
         let _ = self.shared.send(Control::Stop { grace: Some(grace) });
+    }
+
+    /// The grace between `TERM` and `KILL` this process was started with ([`Command::grace`]).
+    pub fn grace(&self) -> Duration {
+        self.shared.grace
     }
 
     /// Asks for a graceful stop with the grace this process was started with ([`Command::grace`]) and

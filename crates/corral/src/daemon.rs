@@ -37,6 +37,10 @@ use crate::config::Config;
 use crate::daemon::auth::{Token, Tokens};
 use crate::daemon::server::{AppInner, AppState};
 
+/// The longest grace a process gets when the daemon shuts down (its own, if shorter): a stop must not wait
+/// on a process that asked for an hour, and service managers kill a daemon that takes too long.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// A usage problem found at start (exit code 2), e.g. TCP without tokens.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -325,7 +329,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     state.inner.pipelines.cancel_all();
     // Tasks first: they go back to `queued` (to resume at the next start) as their processes stop.
     tasks.shutdown().await;
-    processes.shutdown_all(None).await;
+    processes.shutdown_all(SHUTDOWN_GRACE).await;
     if let Some(client) = &keeper_client {
         // A clean stop: every child is stopped and recorded, so the keeper has nothing left to keep.
         keeper::stop(client).await;
