@@ -242,24 +242,17 @@ async fn secrets_in_argv_are_redacted_in_the_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_on_corral_run_stops_the_process_tree() {
     let daemon = Daemon::start().await;
-    let mut command = std::process::Command::new(crate::util::bin());
-    crate::util::isolate(&mut command, &daemon.dir.0);
-    let mut cli = command
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args([
-            "run",
+    let mut cli = corral_run(
+        &daemon,
+        &[
             "--label",
             "test=ctrl-c",
             "--",
             "sh",
             "-c",
             "echo started; sleep 300 & wait",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("UNWRAP: spawn corral run");
+        ],
+    );
     let pgid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     wait_until("process running", || {
         let pgid = pgid.clone();
@@ -299,17 +292,11 @@ async fn a_second_ctrl_c_on_corral_run_kills_at_once() {
     // The first Ctrl-C stops gracefully; a second one used to do nothing, so a child ignoring TERM kept the
     // CLI for its whole grace (60 s here).
     let daemon = Daemon::start().await;
-    let mut command = std::process::Command::new(crate::util::bin());
-    crate::util::isolate(&mut command, &daemon.dir.0);
-    let mut cli = command
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(["run", "--grace", "60s", "--label", "test=twice", "--", "sh", "-c"])
-        .arg("trap '' TERM INT; while :; do sleep 0.1; done")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("UNWRAP: spawn corral run");
+    let script = "trap '' TERM INT; while :; do sleep 0.1; done";
+    let mut cli = corral_run(
+        &daemon,
+        &["--grace", "60s", "--label", "test=twice", "--", "sh", "-c", script],
+    );
     async fn state(daemon: &Daemon) -> String {
         let (_, list) = daemon.get("/processes?label=test%3Dtwice").await;
         list[0]["state"].as_str().unwrap_or_default().to_owned()
@@ -341,4 +328,19 @@ async fn a_second_ctrl_c_on_corral_run_kills_at_once() {
         .expect("UNWRAP: read stderr");
     assert!(stderr.contains("Ctrl-C again to kill it now"), "{stderr}");
     assert_eq!(state(&daemon).await, "interrupted");
+}
+
+/// `corral run ARGS...` against `daemon`, stdout and stderr piped.
+fn corral_run(daemon: &Daemon, args: &[&str]) -> std::process::Child {
+    let mut command = std::process::Command::new(crate::util::bin());
+    crate::util::isolate(&mut command, &daemon.dir.0);
+    command
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("run")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("UNWRAP: spawn corral run")
 }
