@@ -63,6 +63,24 @@ async fn run_job(daemon: &Daemon, path: &str, args: Value) -> Value {
     job
 }
 
+/// Writes `tools.d/<name>.toml` and waits until the daemon serves tool `name`.
+async fn add_tool(daemon: &Daemon, name: &str, text: &str) {
+    std::fs::write(daemon.dir.0.join("tools.d").join(format!("{name}.toml")), text).expect("UNWRAP: write tool");
+    wait_until("tool loaded", || async {
+        daemon.get("/tools").await.1["tools"]
+            .as_array()
+            .is_some_and(|tools| tools.iter().any(|t| t["name"] == name))
+    })
+    .await;
+}
+
+/// `GET /processes/{id}/output` of job `id`'s process, once it has one.
+async fn job_output(daemon: &Daemon, id: &str) -> Option<Value> {
+    let (_, list) = daemon.get(&format!("/processes?label=job%3D{id}")).await;
+    let process = list.as_array()?.first()?["id"].as_str()?.to_owned();
+    Some(daemon.get(&format!("/processes/{process}/output")).await.1)
+}
+
 /// Submits a job (202 expected) and returns its id.
 async fn submit_job(daemon: &Daemon, path: &str, args: Value) -> String {
     let (status, accepted) = daemon.post(path, args).await;
@@ -112,13 +130,7 @@ async fn a_program_whose_name_the_kernel_cuts_inside_a_character_runs() {
         "name = \"greek\"\n[[command]]\nname = \"echo\"\nexec = [{:?}, \"ok\"]\ntimeout = \"10s\"\n",
         program.display().to_string()
     );
-    std::fs::write(daemon.dir.0.join("tools.d").join("greek.toml"), tool).expect("UNWRAP: write tool");
-    wait_until("tool loaded", || async {
-        daemon.get("/tools").await.1["tools"]
-            .as_array()
-            .is_some_and(|tools| tools.iter().any(|t| t["name"] == "greek"))
-    })
-    .await;
+    add_tool(&daemon, "greek", &tool).await;
     let (status, job) = daemon.post("/exec/greek/echo?wait=60s", json!({})).await;
     assert_eq!(status, 200, "{job}");
     assert_eq!(job["status"], "completed", "{job}");
@@ -445,15 +457,9 @@ async fn a_stream_joined_mid_line_keeps_the_start_of_that_line() {
     let id = submit_job(&daemon, "/exec/echo/partial", json!({})).await;
     // Join once the first half of the line is written (and nobody listened to it).
     wait_until("the first half is written", || async {
-        let process = daemon.get(&format!("/processes?label=job%3D{id}")).await.1;
-        let Some(process_id) = process
-            .as_array()
-            .and_then(|l| l.first())
-            .and_then(|p| p["id"].as_str())
-        else {
+        let Some(output) = job_output(&daemon, &id).await else {
             return false;
         };
-        let (_, output) = daemon.get(&format!("/processes/{process_id}/output")).await;
         output.to_string().contains("first part")
     })
     .await;
@@ -483,13 +489,7 @@ async fn a_second_stream_joined_mid_line_gets_that_line_once() {
     let tool = format!(
         "name = \"stage\"\n[[command]]\nname = \"line\"\nexec = [\"/bin/sh\", \"-c\", {script:?}]\ntimeout = \"60s\"\n"
     );
-    std::fs::write(daemon.dir.0.join("tools.d").join("stage.toml"), tool).expect("UNWRAP: write tool");
-    wait_until("tool loaded", || async {
-        daemon.get("/tools").await.1["tools"]
-            .as_array()
-            .is_some_and(|tools| tools.iter().any(|t| t["name"] == "stage"))
-    })
-    .await;
+    add_tool(&daemon, "stage", &tool).await;
     let id = submit_job(&daemon, "/exec/stage/line", json!({})).await;
     // The first follower has subscribed once it streams "ready" (sent after its subscription was taken).
     let mut first = JobStream::open(&daemon, &id).await;
@@ -497,15 +497,9 @@ async fn a_second_stream_joined_mid_line_gets_that_line_once() {
     std::fs::write(&go1, b"").expect("UNWRAP: go1");
     wait_until("the first part is written", || async {
         let (_, job) = daemon.get(&format!("/exec/jobs/{id}")).await;
-        let process = daemon.get(&format!("/processes?label=job%3D{id}")).await.1;
-        let Some(process_id) = process
-            .as_array()
-            .and_then(|l| l.first())
-            .and_then(|p| p["id"].as_str())
-        else {
+        let Some(output) = job_output(&daemon, &id).await else {
             return false;
         };
-        let (_, output) = daemon.get(&format!("/processes/{process_id}/output")).await;
         job["status"] == "running" && output.to_string().contains("first part")
     })
     .await;
@@ -756,13 +750,7 @@ async fn a_concurrency_limit_holds_across_a_kill_9_and_keeps_submit_order() {
     let tool = format!(
         "name = \"one\"\n[[command]]\nname = \"at_a_time\"\nexec = [\"/bin/sh\", \"-c\", {script:?}, \"sh\", \"{{{{n}}}}\"]\ntimeout = \"120s\"\nconcurrency = 1\n[[command.arg]]\nname = \"n\"\nrequired = true\npattern = \"[0-9]+\"\n"
     );
-    std::fs::write(dir.join("tools.d").join("one.toml"), tool).expect("UNWRAP: write tool");
-    wait_until("tool loaded", || async {
-        daemon.get("/tools").await.1["tools"]
-            .as_array()
-            .is_some_and(|tools| tools.iter().any(|t| t["name"] == "one"))
-    })
-    .await;
+    add_tool(&daemon, "one", &tool).await;
     let mut ids = Vec::new();
     for n in ["1", "2", "3"] {
         ids.push(submit_job(&daemon, "/exec/one/at_a_time", json!({"n": n})).await);
@@ -819,20 +807,12 @@ async fn a_job_running_at_kill_9_keeps_the_output_it_wrote_before() {
     let tool = format!(
         "name = \"twice\"\n[[command]]\nname = \"out\"\nexec = [\"/bin/sh\", \"-c\", {script:?}]\ntimeout = \"120s\"\n"
     );
-    std::fs::write(daemon.dir.0.join("tools.d").join("twice.toml"), tool).expect("UNWRAP: write tool");
-    wait_until("tool loaded", || async {
-        daemon.get("/tools").await.1["tools"]
-            .as_array()
-            .is_some_and(|tools| tools.iter().any(|t| t["name"] == "twice"))
-    })
-    .await;
+    add_tool(&daemon, "twice", &tool).await;
     let id = submit_job(&daemon, "/exec/twice/out", json!({})).await;
     wait_until("the job wrote its first lines", || async {
-        let (_, list) = daemon.get(&format!("/processes?label=job%3D{id}")).await;
-        let Some(process) = list.as_array().and_then(|l| l.first()).and_then(|p| p["id"].as_str()) else {
+        let Some(output) = job_output(&daemon, &id).await else {
             return false;
         };
-        let (_, output) = daemon.get(&format!("/processes/{process}/output")).await;
         let text = output.to_string();
         text.contains("before") && text.contains("err-before")
     })
@@ -869,13 +849,7 @@ async fn secret_args_never_show_in_the_task_api() {
     // `GET /tasks` showed them in clear (to any token with `read`); so did process tasks' secret-looking argv.
     let daemon = daemon_with_tools("", &[]).await;
     let tool = "name = \"sec\"\n[[command]]\nname = \"login\"\nexec = [\"/bin/true\", \"{{user}}\", \"{{pw}}\"]\ntimeout = \"10s\"\n[[command.arg]]\nname = \"user\"\n[[command.arg]]\nname = \"pw\"\nsecret = true\n";
-    std::fs::write(daemon.dir.0.join("tools.d").join("sec.toml"), tool).expect("UNWRAP: write tool");
-    wait_until("tool loaded", || async {
-        daemon.get("/tools").await.1["tools"]
-            .as_array()
-            .is_some_and(|tools| tools.iter().any(|t| t["name"] == "sec"))
-    })
-    .await;
+    add_tool(&daemon, "sec", &tool).await;
     let job = run_job(&daemon, "/exec/sec/login", json!({"user": "ann", "pw": "HUNTER2PW"})).await;
     assert_eq!(job["status"], "completed", "{job}");
     let id = job["job_id"].as_str().expect("UNWRAP: id");
