@@ -647,9 +647,9 @@ mod tests {
         let first = limit.clone().acquire("job-a").await.expect("UNWRAP: a free slot");
         assert!(limit.clone().try_acquire().is_none(), "the only slot is taken");
         // Waiters arrive out of id order; one of them gives up.
-        let c = tokio::spawn(limit.clone().acquire_owned_for_test("job-c"));
-        let gone = tokio::spawn(limit.clone().acquire_owned_for_test("job-0"));
-        let b = tokio::spawn(limit.clone().acquire_owned_for_test("job-b"));
+        let c = tokio::spawn(limit.clone().acquire("job-c"));
+        let gone = tokio::spawn(limit.clone().acquire("job-0"));
+        let b = tokio::spawn(limit.clone().acquire("job-b"));
         while limit.state().waiting.len() < 3 {
             tokio::task::yield_now().await;
         }
@@ -668,8 +668,8 @@ mod tests {
     async fn a_command_limit_follows_its_size_when_the_tool_file_changes() {
         let limit = Arc::new(CommandLimit::new(1));
         let first = limit.clone().acquire("job-a").await.expect("UNWRAP: a free slot");
-        let b = tokio::spawn(limit.clone().acquire_owned_for_test("job-b"));
-        let c = tokio::spawn(limit.clone().acquire_owned_for_test("job-c"));
+        let b = tokio::spawn(limit.clone().acquire("job-b"));
+        let c = tokio::spawn(limit.clone().acquire("job-c"));
         while limit.state().waiting.len() < 2 {
             tokio::task::yield_now().await;
         }
@@ -685,11 +685,5 @@ mod tests {
         assert!(limit.clone().try_acquire().is_none(), "only one");
         drop(again);
         assert_eq!(limit.state().free, 1);
-    }
-
-    impl CommandLimit {
-        async fn acquire_owned_for_test(self: Arc<Self>, job: &'static str) -> Option<CommandPermit> {
-            self.acquire(job).await
-        }
     }
 }

@@ -997,42 +997,27 @@ impl ProcessManager {
             let handle = self.handle(&record.id);
             match handle {
                 Some(handle) if handle.is_recorded() => report.unavailable += 1,
-                Some(Handle::Live { process, tracker }) => {
+                Some(handle) => {
+                    let alive = match &handle {
+                        Handle::Live { .. } => true,
+                        // Its watcher will see the exit; the pid is not ours to signal any more.
+                        Handle::Recovered { identity, .. } => matches!(identity.check(), Ok(Liveness::Alive)),
+                    };
+                    if !alive {
+                        report.stale += 1;
+                        continue;
+                    }
                     self.note_reason(&record.id, &reason);
                     self.inner.store.transition_process(
                         &record.id,
                         &[ProcessState::Running],
                         ProcessState::Interrupting,
                     )?;
-                    match grace {
-                        Some(grace) => process.start_shutdown(grace),
-                        None => process.start_stop(),
-                    }
+                    handle.start_stop(grace);
                     report.signaled += 1;
+                    let (Handle::Live { tracker, .. } | Handle::Recovered { tracker, .. }) = handle;
                     waits.push(tracker);
                 }
-                Some(Handle::Recovered {
-                    identity,
-                    pgid,
-                    tracker,
-                }) => match identity.check() {
-                    Ok(Liveness::Alive) => {
-                        self.note_reason(&record.id, &reason);
-                        self.inner.store.transition_process(
-                            &record.id,
-                            &[ProcessState::Running],
-                            ProcessState::Interrupting,
-                        )?;
-                        let grace = grace.unwrap_or(DEFAULT_GRACE);
-                        tokio::spawn(async move { stop_recovered(&identity, pgid, grace).await });
-                        report.signaled += 1;
-                        waits.push(tracker);
-                    }
-                    _ => {
-                        // Its watcher will see the exit; the pid is not ours to signal any more.
-                        report.stale += 1;
-                    }
-                },
                 None if record.state == ProcessState::Pending => report.unavailable += 1,
                 None => {
                     // A live record nobody watches (it was not reconciled): check, never signal blindly.

@@ -622,7 +622,6 @@ impl Process {
             on_exit: command.on_exit.clone(),
             events,
             timeout: command.timeout,
-            grace: command.grace,
             drain: command.drain,
             leftovers: command.leftovers,
             pumps,
@@ -945,7 +944,6 @@ struct Actor {
     on_exit: Option<ExitHook>,
     events: EventSender,
     timeout: Option<Duration>,
-    grace: Duration,
     drain: Duration,
     leftovers: Leftovers,
     /// The captured streams, read by this task alongside everything else.
@@ -1133,7 +1131,7 @@ impl Actor {
                 _ = sleep_on(&mut self.timer, deadline) => {
                     let now = tokio::time::Instant::now();
                     if !self.kill_if_due(now) && timeout_armed.is_some_and(|at| at <= now) {
-                        self.begin_stop(StopReason::TimedOut, self.grace);
+                        self.begin_stop(StopReason::TimedOut, self.shared.grace);
                     }
                 }
                 _ = read_output(&mut self.pumps, &self.shared), if self.pumps.is_open() => {}
@@ -1179,7 +1177,7 @@ impl Actor {
             if self.leftovers == Leftovers::Leave {
                 return;
             }
-            self.begin_stop(StopReason::Leftovers, self.grace);
+            self.begin_stop(StopReason::Leftovers, self.shared.grace);
         }
         // No notification exists for the exit of a non-child; poll, backing off, only while stopping.
         let mut delay = Duration::from_millis(1);
@@ -1231,7 +1229,7 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
-            Control::Stop { grace } => match (self.stop, grace.unwrap_or(self.grace)) {
+            Control::Stop { grace } => match (self.stop, grace.unwrap_or(self.shared.grace)) {
                 (Some(StopReason::Requested) | Some(StopReason::TimedOut), grace) => {
                     // Already stopping: a shorter grace may bring the KILL forward.
                     let sooner = tokio::time::Instant::now() + grace;

@@ -849,7 +849,7 @@ async fn secret_args_never_show_in_the_task_api() {
     // `GET /tasks` showed them in clear (to any token with `read`); so did process tasks' secret-looking argv.
     let daemon = daemon_with_tools("", &[]).await;
     let tool = "name = \"sec\"\n[[command]]\nname = \"login\"\nexec = [\"/bin/true\", \"{{user}}\", \"{{pw}}\"]\ntimeout = \"10s\"\n[[command.arg]]\nname = \"user\"\n[[command.arg]]\nname = \"pw\"\nsecret = true\n";
-    add_tool(&daemon, "sec", &tool).await;
+    add_tool(&daemon, "sec", tool).await;
     let job = run_job(&daemon, "/exec/sec/login", json!({"user": "ann", "pw": "HUNTER2PW"})).await;
     assert_eq!(job["status"], "completed", "{job}");
     let id = job["job_id"].as_str().expect("UNWRAP: id");
