@@ -162,6 +162,11 @@ pub(crate) struct RunArgs {
     /// Working directory [default: the current directory].
     #[arg(long, value_name = "DIR")]
     pub(crate) dir: Option<PathBuf>,
+    /// Forward this command's stdin to the process; its end (EOF, Ctrl-D) closes the process's stdin.
+    /// Without it the process reads nothing (/dev/null), so `corral run` in a `while read` loop does not
+    /// eat the loop's input.
+    #[arg(short = 'i', long)]
+    pub(crate) stdin: bool,
     /// The command and its arguments (after --).
     #[arg(required = true, last = true, value_name = "CMD")]
     pub(crate) command: Vec<String>,

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::util::{group_members, wait_until, Daemon};
+use crate::util::{group_members, pipe_through, wait_until, Daemon};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corral_run_streams_output_and_exits_with_the_childs_code() {
@@ -30,6 +30,45 @@ async fn corral_run_streams_output_and_exits_with_the_childs_code() {
     assert_eq!(output.status.code(), Some(137));
     let output = daemon.cli(&["run", "--timeout", "300ms", "--grace", "1s", "--", "sleep", "300"]);
     assert_ne!(output.status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_run_stdin_forwards_every_byte_only_when_asked() {
+    let daemon = Daemon::start().await;
+    // More than one chunk of the CLI's, with bytes that are not UTF-8 text (NUL, 0xff).
+    let input: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(7) % 256) as u8).collect();
+    let expected = pipe_through(&mut std::process::Command::new("sha256sum"), &input);
+    assert!(expected.status.success());
+    let output = daemon.cli_with_stdin(&["run", "--stdin", "--", "sha256sum"], &input);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&expected.stdout)
+    );
+
+    // Without --stdin the process reads nothing: `corral run` in a `while read` loop leaves the loop's input.
+    let output = daemon.cli_with_stdin(&["run", "--", "wc", "-c"], b"for the loop, not the process\n");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "0");
+
+    // A process that exits without reading its input: the CLI ends with its code, it does not hang.
+    let output = daemon.cli_with_stdin(&["run", "-i", "--", "sh", "-c", "exit 4"], &input);
+    assert_eq!(
+        output.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,17 +309,7 @@ async fn ctrl_c_on_corral_run_stops_the_process_tree() {
         .arg("-INT")
         .arg(cli.id().to_string())
         .status();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = cli.try_wait().expect("UNWRAP: wait") {
-            break status;
-        }
-        assert!(
-            start.elapsed() < crate::util::DEADLINE,
-            "corral run did not end after Ctrl-C"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_within(&mut cli, crate::util::DEADLINE, "after Ctrl-C").await;
     assert_eq!(status.code(), Some(128 + 15), "the child died of the stop's TERM");
     assert!(group_members(pgid).is_empty());
     let (_, list) = daemon.get("/processes?label=test%3Dctrl-c").await;
@@ -310,24 +339,61 @@ async fn a_second_ctrl_c_on_corral_run_kills_at_once() {
     };
     interrupt();
     wait_until("stopping", || async { state(&daemon).await == "interrupting" }).await;
-    let asked = Instant::now();
     interrupt();
-    let status = loop {
-        if let Some(status) = cli.try_wait().expect("UNWRAP: wait") {
-            break status;
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(30),
-            "corral run still waits for the 60 s grace"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // Well under the 60 s grace.
+    let status = exit_within(&mut cli, Duration::from_secs(30), "after a second Ctrl-C").await;
     assert_eq!(status.code(), Some(128 + 9), "killed");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut cli.stderr.take().expect("UNWRAP: stderr"), &mut stderr)
         .expect("UNWRAP: read stderr");
     assert!(stderr.contains("Ctrl-C again to kill it now"), "{stderr}");
     assert_eq!(state(&daemon).await, "interrupted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_run_says_where_the_process_went_when_the_daemon_dies() {
+    let mut daemon = Daemon::start().await;
+    let mut cli = corral_run(&daemon, &["--label", "test=lost", "--", "sleep", "300"]);
+    let id = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    wait_until("process running", || {
+        let id = id.clone();
+        let daemon = &daemon;
+        async move {
+            let (_, list) = daemon.get("/processes?label=test%3Dlost&state=running").await;
+            let found = list[0]["id"].as_str().unwrap_or_default().to_owned();
+            *id.lock().expect("UNWRAP: lock") = found.clone();
+            !found.is_empty()
+        }
+    })
+    .await;
+    let id = id.lock().expect("UNWRAP: lock").clone();
+    daemon.kill9();
+    let status = exit_within(&mut cli, crate::util::DEADLINE, "after the daemon died").await;
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut cli.stderr.take().expect("UNWRAP: stderr"), &mut stderr)
+        .expect("UNWRAP: read stderr");
+    assert!(
+        stderr.contains("lost the daemon") && stderr.contains(&format!("corral logs -f {id}")),
+        "{stderr}"
+    );
+    // What it says is true: the process went on, and the next daemon has it.
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (_, record) = daemon.get(&format!("/processes/{id}")).await;
+    assert_eq!(record["state"], "running", "{record}");
+}
+
+/// Waits for `cli` to exit, failing the test if it is still running after `deadline`.
+async fn exit_within(cli: &mut std::process::Child, deadline: Duration, when: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = cli.try_wait().expect("UNWRAP: wait") {
+            return status;
+        }
+        assert!(start.elapsed() < deadline, "corral run did not end {when}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `corral run ARGS...` against `daemon`, stdout and stderr piped.

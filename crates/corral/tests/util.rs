@@ -179,6 +179,14 @@ impl Daemon {
         command.stdin(Stdio::null()).output().expect("UNWRAP: run corral")
     }
 
+    /// Runs the CLI against this daemon over its socket with `input` on its stdin.
+    pub(crate) fn cli_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut command = Command::new(bin());
+        command.arg("--socket").arg(&self.socket).args(args);
+        isolate(&mut command, &self.dir.0);
+        pipe_through(&mut command, input)
+    }
+
     /// Runs the CLI against this daemon over TCP.
     pub(crate) fn cli_tcp(&self, addr: &str, token: &str, args: &[&str]) -> Output {
         let mut command = Command::new(bin());
@@ -341,4 +349,25 @@ pub(crate) fn kill_keeper(state_dir: &Path) {
         let _ = corral_proc::signal_group(child, corral_proc::Signal::KILL);
     }
     let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+}
+
+/// Runs `command` with `input` written to its stdin (from a thread, so that a child that writes before it has
+/// read everything cannot deadlock the test) and returns its output.
+pub(crate) fn pipe_through(command: &mut Command, input: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("UNWRAP: spawn");
+    let mut stdin = child.stdin.take().expect("UNWRAP: piped");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write as _;
+        // A child that exits without reading everything closes the pipe: not this helper's failure.
+        let _ = stdin.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("UNWRAP: wait");
+    let _ = writer.join();
+    output
 }

@@ -1,6 +1,7 @@
 //! One function per CLI command: call the API, print the answer (text or `--json`).
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -76,13 +77,16 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
         labels: args.labels.into_iter().collect(),
         timeout: args.timeout,
         grace: args.grace.clone(),
-        stdin: false,
+        stdin: args.stdin,
     };
     // Before the start: a Ctrl-C that comes while the process starts stops it once it runs, instead of
     // killing this CLI and leaving the process behind.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let started: ProcessJson = client.call(Method::POST, "/processes", Some(&request)).await?;
+    if args.stdin {
+        forward_stdin(client, &started.id);
+    }
     let mut events = client
         .events(&format!("/processes/{}/output?follow=true", enc(&started.id)))
         .await?;
@@ -91,7 +95,7 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
     loop {
         tokio::select! {
             event = events.next() => {
-                let Some(event) = event? else { break };
+                let Some(event) = event.map_err(|err| lost_daemon(&started.id, err))? else { break };
                 match event.event.as_str() {
                     "output" if !json => {
                         let line: OutputLine = serde_json::from_str(&event.data)?;
@@ -117,16 +121,66 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
     }
     let record = match last {
         Some(record) => record,
-        None => {
-            client
-                .call::<ProcessJson>(Method::GET, &format!("/processes/{}", enc(&started.id)), None::<&()>)
-                .await?
-        }
+        // The stream ended without the exit: ask for the record; no answer means the daemon is gone.
+        None => client
+            .call::<ProcessJson>(Method::GET, &format!("/processes/{}", enc(&started.id)), None::<&()>)
+            .await
+            .map_err(|err| lost_daemon(&started.id, err))?,
     };
     if json {
         print_json(&record)?;
     }
     Ok(exit_code_of(&record))
+}
+
+/// `corral run` lost its daemon while following: say what became of the process and how to find it again.
+fn lost_daemon(id: &str, err: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "lost the daemon while following process {id} ({err:#}); if it crashed, the process goes on \
+         (the keeper holds it): once a daemon runs again, `corral logs -f {id}` follows it and `corral ps` shows it"
+    )
+}
+
+/// The most bytes of stdin `corral run --stdin` sends in one request.
+const STDIN_CHUNK: usize = 64 * 1024;
+
+/// `corral run --stdin`: a thread reads this command's stdin and a task sends each chunk to the process in
+/// order, as bytes (any bytes, not only text); the end of the input closes the process's stdin. A thread with
+/// blocking reads, not tokio's stdin, whose pending read on a terminal would hold up the exit. Stops quietly
+/// once the process no longer takes input (it exited, or closed its end).
+fn forward_stdin(client: &Client, id: &str) {
+    // A small queue: a process that reads slowly slows the reading of stdin, so memory stays bounded.
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut chunk = vec![0; STDIN_CHUNK];
+            match stdin.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    if sender.blocking_send(chunk).is_err() {
+                        return;
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    errln!("corral: reading stdin: {err}; closing the process's stdin");
+                    break;
+                }
+            }
+        }
+    });
+    let client = client.clone();
+    let path = format!("/processes/{}/stdin", enc(id));
+    tokio::spawn(async move {
+        while let Some(chunk) = receiver.recv().await {
+            if client.post_bytes(&path, chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = client.post_bytes(&format!("{path}?close=true"), Vec::new()).await;
+    });
 }
 
 /// `corral run`'s answer to Ctrl-C: a graceful stop the first time (saying how to hurry it), a stop with no

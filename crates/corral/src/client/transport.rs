@@ -68,12 +68,30 @@ impl Client {
         }
     }
 
-    /// Sends one request and returns the raw response (body not read yet).
+    /// Sends one request with an optional JSON body and returns the raw response (body not read yet).
     pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Response<Incoming>> {
+        self.send_typed(method, path, body.map(|body| (body, "application/json")))
+            .await
+    }
+
+    /// Sends bytes as they are (`application/octet-stream`); error answers become [`ApiError`].
+    pub(crate) async fn post_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<()> {
+        let response = self
+            .send_typed(Method::POST, path, Some((body, "application/octet-stream")))
+            .await?;
+        success_body(response).await.map(drop)
+    }
+
+    async fn send_typed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &'static str)>,
     ) -> anyhow::Result<Response<Incoming>> {
         let host = match &self.target {
             Target::Unix(_) => "localhost".to_owned(),
@@ -86,10 +104,14 @@ impl Client {
         if let Some(token) = &self.token {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        if body.is_some() {
-            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
-        let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let body = match body {
+            Some((body, content_type)) => {
+                builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
+                body
+            }
+            None => Vec::new(),
+        };
+        let request = builder.body(Full::new(Bytes::from(body)))?;
         let unreachable = |err: std::io::Error| {
             Unreachable(format!(
                 "no corral daemon at {} ({err}); start one with `corral daemon`",
@@ -120,17 +142,7 @@ impl Client {
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<T> {
         let body = body.map(serde_json::to_vec).transpose()?;
-        let response = self.send(method, path, body).await?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .context("reading the daemon's answer")?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(api_error(status, &bytes).into());
-        }
+        let bytes = success_body(self.send(method, path, body).await?).await?;
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from the daemon to {path}"))
     }
 
@@ -147,6 +159,21 @@ impl Client {
             buffer: Vec::new(),
         })
     }
+}
+
+/// The whole body of a success answer; an error answer becomes [`ApiError`].
+async fn success_body(response: Response<Incoming>) -> anyhow::Result<Bytes> {
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the daemon's answer")?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(api_error(status, &bytes).into());
+    }
+    Ok(bytes)
 }
 
 fn api_error(status: StatusCode, bytes: &[u8]) -> ApiError {

@@ -21,7 +21,7 @@ pub(crate) fn document() -> Value {
             "/processes/{id}": {"get": op("One process record")},
             "/processes/{id}/signal": {"post": op("Send a signal: {signal: \"TERM\" | 15}")},
             "/processes/{id}/stop": {"post": op("Stop the whole group: {grace?}; answers when it is gone")},
-            "/processes/{id}/stdin": {"post": op("Write to stdin: {data, close?}")},
+            "/processes/{id}/stdin": {"post": op("Write to stdin: {data, close?} as JSON, or the raw body with Content-Type: application/octet-stream (?close=true closes after it)")},
             "/processes/{id}/output": {"get": op("Captured output; ?follow=true streams lines as SSE until exit")},
             "/interrupt": {"post": op("Interrupt live processes in a scope: {process_id?, labels?, source?, reason?, grace?, wait?} → {matched, signaled, stale, unavailable}")},
             "/tasks": {

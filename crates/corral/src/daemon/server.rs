@@ -194,6 +194,11 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
         .map_err(|err| AppError::bad_request("invalid_json", format!("invalid JSON body: {err}")))
 }
 
+/// Whether a query string sets the flag `name` (`name=true` or `name=1`).
+fn query_flag(query: Option<&str>, name: &str) -> bool {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes()).any(|(k, v)| k == name && (v == "true" || v == "1"))
+}
+
 /// Parses an optional duration field of a request, naming the field in the error.
 pub(crate) fn duration_field(name: &str, value: Option<&str>) -> Result<Option<Duration>, AppError> {
     value
@@ -622,17 +627,31 @@ async fn stop_process(
     Ok(Json(ProcessJson::from(&state.inner.processes.stop(&id, grace).await?)))
 }
 
+/// `POST /processes/{id}/stdin`: `{data, close?}` as JSON, or with `Content-Type: application/octet-stream`
+/// the body's bytes as they are (any bytes, not only UTF-8 text) and `?close=true` to close after them.
 async fn stdin_process(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<StdinRequest>,
+    RawQuery(query): RawQuery,
+    request: Request,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    state
-        .inner
-        .processes
-        .write_stdin(&id, body.data.as_bytes(), body.close)
-        .await?;
-    Ok(Json(json!({"written": body.data.len(), "closed": body.close})))
+    let raw = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/octet-stream"));
+    let (data, close) = if raw {
+        let close = query_flag(query.as_deref(), "close");
+        let bytes = Bytes::from_request(request, &state)
+            .await
+            .map_err(|rejection| AppError::new(rejection.status(), "bad_body", rejection.body_text()))?;
+        (bytes, close)
+    } else {
+        let ApiJson(body) = ApiJson::<StdinRequest>::from_request(request, &state).await?;
+        (Bytes::from(body.data), body.close)
+    };
+    state.inner.processes.write_stdin(&id, &data, close).await?;
+    Ok(Json(json!({"written": data.len(), "closed": close})))
 }
 
 async fn process_output(
@@ -641,8 +660,7 @@ async fn process_output(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let follow = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .any(|(k, v)| k == "follow" && (v == "true" || v == "1"));
+    let follow = query_flag(query.as_deref(), "follow");
     let record = state.inner.processes.get(&id)?;
     let _ = headers;
     if follow {
