@@ -70,7 +70,9 @@ pub use identity::{boot_id, parse_stat, read_stat, IdentityError, Liveness, Pidf
 pub use limits::{raise_open_files_limit, OPEN_FILES_TARGET};
 pub use lines::{Line, LineEnd, LineSplitter};
 pub use output::LogFile;
-pub use process::{CapturedOutput, Exit, Failure, Finished, Follow, Outcome, Process, State, Status};
+pub use process::{
+    CapturedOutput, Exit, Failure, Finished, Follow, Outcome, Process, State, Status, LOST_BEFORE_ADOPTION,
+};
 pub use program::{find_in_path, Program, ProgramNotFound, ProgramOutput};
 pub use registry::{Registry, RegistryError};
 pub use ring::RingBuffer;

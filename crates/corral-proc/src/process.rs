@@ -255,6 +255,10 @@ impl CapturedOutput {
 
 /// Where `stream` of `command` is mirrored ([`Command::mirror_output`]): none without a mirror dir, a ring
 /// to refill, or an id that is a plain file name (letters, digits, `-`, `_`: never a path).
+/// The first line of each captured stream of an adopted process that was not mirrored
+/// ([`Command::mirror_output`]): its output from before the adoption was in the earlier supervisor's memory.
+pub const LOST_BEFORE_ADOPTION: &str = "[corral: the daemon restarted; output written before that is not kept]\n";
+
 fn mirror_path(command: &Command, stream: Stream) -> Option<std::path::PathBuf> {
     let (dir, id) = (command.mirror.as_ref()?, command.id.as_ref()?.as_str());
     let plain = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -522,6 +526,11 @@ impl Process {
                 let mut mirror = Mirror::new(path.clone(), command.ring_size, true);
                 mirror.write(&spooled);
                 spooled = Mirror::read_tail(&path, command.ring_size);
+            } else {
+                // What the earlier supervisor read lived in its memory only: say so where it would have been.
+                let mut marked = LOST_BEFORE_ADOPTION.as_bytes().to_vec();
+                marked.extend_from_slice(&spooled);
+                spooled = marked;
             }
             Some((stream.reader, Some(spooled).filter(|bytes| !bytes.is_empty())))
         };
