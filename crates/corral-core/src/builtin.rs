@@ -198,6 +198,10 @@ async fn follow(
 
 /// `pipeline`: params are a pipeline spec (the JSON form of a pipeline file); completed when no required
 /// step failed; the per-step results in the result.
+///
+/// A run cut by a crash of the daemon goes on where it was, without running a step twice: steps that ended
+/// keep their recorded end, a step whose process survived is waited for, the others run (see
+/// [`ManagedLauncher::reuse_earlier_runs`]). A step whose process did not survive (no keeper) runs again.
 pub struct PipelineTask {
     processes: ProcessManager,
 }
@@ -215,6 +219,15 @@ impl TaskHandler for PipelineTask {
         Pipeline::new(spec).map(drop).map_err(|e| e.to_string())
     }
 
+    fn resumes(&self) -> bool {
+        true
+    }
+
+    /// The run itself: its launcher finds the surviving step processes by their labels.
+    fn resume(&self, params: Value, context: TaskContext, _processes: Vec<String>) -> TaskFuture {
+        self.run(params, context)
+    }
+
     fn run(&self, params: Value, context: TaskContext) -> TaskFuture {
         let processes = self.processes.clone();
         Box::pin(async move {
@@ -222,7 +235,8 @@ impl TaskHandler for PipelineTask {
                 serde_json::from_value(params).map_err(|e| TaskError::new(format!("invalid params: {e}")))?;
             let pipeline = Pipeline::new(spec).map_err(|e| TaskError::new(e.to_string()))?;
             let launcher = ManagedLauncher::new(processes, format!("task-{}", context.id()))
-                .labels(BTreeMap::from([("task".to_owned(), context.id().to_owned())]));
+                .labels(BTreeMap::from([("task".to_owned(), context.id().to_owned())]))
+                .reuse_earlier_runs();
             let runner = Runner::new(launcher).cancel_token(context.cancel_token().clone());
             let result = runner.run(pipeline).await;
             let value = serde_json::to_value(&result).unwrap_or(Value::Null);

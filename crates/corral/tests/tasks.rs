@@ -216,6 +216,58 @@ async fn kill_9_mid_run(config: Option<&str>, tasks: u32, attempt: u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_task_cut_by_kill_9_goes_on_without_running_an_ended_step_again() {
+    // The running step survived with the keeper: it is waited for, and nothing runs twice.
+    pipeline_task_across_kill_9(None, "a\nb-start\nb-end\nc\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_keeper_a_pipeline_task_runs_only_its_cut_step_again() {
+    // The running step's process was stopped at the restart: that step runs again, the ended one does not.
+    pipeline_task_across_kill_9(Some("[processes]\nkeeper = false\n"), "a\nb-start\nb-start\nb-end\nc\n").await;
+}
+
+async fn pipeline_task_across_kill_9(config: Option<&str>, expected_log: &str) {
+    let mut daemon = Daemon::start_with_config(config, &[]).await;
+    let log = daemon.dir.0.join("steps.log");
+    let gate = daemon.dir.0.join("gate");
+    let (log_path, gate_path) = (log.display().to_string(), gate.display().to_string());
+    let id = uuid(7);
+    let steps = json!([
+        {"name": "a", "command": ["sh", "-c", format!("echo a >> {log_path}")]},
+        {"name": "b", "after": ["a"], "command": ["sh", "-c", format!(
+            "echo b-start >> {log_path}; while [ ! -e {gate_path} ]; do sleep 0.05; done; echo b-end >> {log_path}"
+        )]},
+        {"name": "c", "after": ["b"], "command": ["sh", "-c", format!("echo c >> {log_path}")]},
+    ]);
+    let (status, body) = daemon
+        .post(
+            "/tasks",
+            json!({"id": id, "type": "pipeline", "params": {"steps": steps}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    wait_until("step b runs", || async {
+        std::fs::read_to_string(&log).unwrap_or_default() == "a\nb-start\n"
+    })
+    .await;
+    daemon.kill9();
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    std::fs::write(&gate, b"").expect("UNWRAP: temp dir");
+    let (_, task) = daemon.get(&format!("/tasks/{id}?wait=60s")).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), expected_log);
+    let steps = task["result"]["steps"].as_array().cloned().unwrap_or_default();
+    let statuses: Vec<&str> = steps.iter().filter_map(|s| s["status"].as_str()).collect();
+    assert_eq!(statuses, ["passed", "passed", "passed"], "{task}");
+    assert!(
+        steps[0]["output_tail"].as_str().is_some_and(|t| t.contains("not kept")),
+        "the ended step's report comes from its record: {task}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_of_a_running_task_stops_its_tree_and_it_never_comes_back() {
     let mut daemon = Daemon::start().await;
     let id = uuid(4);
