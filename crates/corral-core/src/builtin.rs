@@ -199,17 +199,104 @@ async fn follow(
 /// `pipeline`: params are a pipeline spec (the JSON form of a pipeline file); completed when no required
 /// step failed; the per-step results in the result.
 ///
-/// A run cut by a crash of the daemon goes on where it was, without running a step twice: steps that ended
-/// keep their recorded end, a step whose process survived is waited for, the others run (see
-/// [`ManagedLauncher::reuse_earlier_runs`]). A step whose process did not survive (no keeper) runs again.
+/// A run cut by a crash or a stop of the daemon goes on where it was: steps that completed are not run again,
+/// a step whose process survived is waited for, the others run (see
+/// [`ManagedLauncher::reuse_earlier_runs`]); a step whose process did not survive (no keeper) runs again.
+/// Submitted again after it failed, a pipeline runs its failed and skipped steps only.
 pub struct PipelineTask {
     processes: ProcessManager,
+    runs: PipelineRuns,
 }
 
 impl PipelineTask {
     /// A handler running steps through `processes`.
     pub fn new(processes: ProcessManager) -> Self {
-        PipelineTask { processes }
+        PipelineTask {
+            processes,
+            runs: PipelineRuns::default(),
+        }
+    }
+
+    /// Lists each run in `runs` while it goes on (and publishes its progress on their bus).
+    pub fn runs(mut self, runs: PipelineRuns) -> Self {
+        self.runs = runs;
+        self
+    }
+}
+
+/// How long a finished run stays in [`PipelineRuns`]: past the moment its task's end is recorded, so a
+/// reader finds either the live run or the task's result, never neither.
+const FINISHED_RUN_KEPT: Duration = Duration::from_secs(60);
+
+/// The `pipeline` task runs going on in this process, by task id: their per-step status while they run
+/// (`GET /pipelines/{id}`), and their progress as events (`pipeline.step_started`, ...) on an event bus.
+/// Cheap to clone; the clones share the runs.
+#[derive(Clone, Default)]
+pub struct PipelineRuns {
+    runs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, crate::pipeline::PipelineRun>>>,
+    bus: Option<crate::events::EventBus>,
+}
+
+impl PipelineRuns {
+    /// Runs whose progress goes to `bus`.
+    pub fn new(bus: crate::events::EventBus) -> Self {
+        PipelineRuns {
+            runs: Default::default(),
+            bus: Some(bus),
+        }
+    }
+
+    /// The run of the pipeline task `id`, while it runs (and shortly after).
+    pub fn get(&self, id: &str) -> Option<crate::pipeline::PipelineRun> {
+        self.lock().get(id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, crate::pipeline::PipelineRun>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts `pipeline` as the run of task `id` and lists it until [`FINISHED_RUN_KEPT`] after its end.
+    async fn run(&self, id: &str, runner: Runner, pipeline: Pipeline) -> crate::pipeline::PipelineResult {
+        let runner = match &self.bus {
+            Some(bus) => {
+                let (events, received) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(publish_pipeline_events(bus.clone(), id.to_owned(), received));
+                runner.events(events)
+            }
+            None => runner,
+        };
+        let run = runner.start(pipeline);
+        self.lock().insert(id.to_owned(), run.clone());
+        let result = run.wait().await;
+        let (runs, id) = (self.clone(), id.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(FINISHED_RUN_KEPT).await;
+            runs.lock().remove(&id);
+        });
+        result
+    }
+}
+
+/// Publishes a run's progress on `bus` as `pipeline.*` events whose data carries the pipeline's id.
+pub async fn publish_pipeline_events(
+    bus: crate::events::EventBus,
+    id: String,
+    mut received: tokio::sync::mpsc::UnboundedReceiver<crate::pipeline::PipelineEvent>,
+) {
+    use crate::pipeline::PipelineEvent;
+    while let Some(event) = received.recv().await {
+        let kind = match &event {
+            PipelineEvent::StepStarted { .. } => "pipeline.step_started",
+            PipelineEvent::StepFinished { .. } => "pipeline.step_finished",
+            PipelineEvent::StepSkipped { .. } => "pipeline.step_skipped",
+            PipelineEvent::StepCancelled { .. } => "pipeline.step_cancelled",
+            PipelineEvent::Finished { .. } => "pipeline.finished",
+        };
+        let mut data = serde_json::to_value(&event).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut data {
+            map.insert("pipeline".into(), Value::String(id.clone()));
+        }
+        bus.publish(kind, data);
     }
 }
 
@@ -229,16 +316,17 @@ impl TaskHandler for PipelineTask {
     }
 
     fn run(&self, params: Value, context: TaskContext) -> TaskFuture {
-        let processes = self.processes.clone();
+        let (processes, runs) = (self.processes.clone(), self.runs.clone());
         Box::pin(async move {
             let spec: PipelineSpec =
                 serde_json::from_value(params).map_err(|e| TaskError::new(format!("invalid params: {e}")))?;
             let pipeline = Pipeline::new(spec).map_err(|e| TaskError::new(e.to_string()))?;
-            let launcher = ManagedLauncher::new(processes, format!("task-{}", context.id()))
+            // Steps are labelled `pipeline=<task id>` (the id `POST /pipelines` answers) and `task=<id>`.
+            let launcher = ManagedLauncher::new(processes, context.id())
                 .labels(BTreeMap::from([("task".to_owned(), context.id().to_owned())]))
                 .reuse_earlier_runs();
             let runner = Runner::new(launcher).cancel_token(context.cancel_token().clone());
-            let result = runner.run(pipeline).await;
+            let result = runs.run(context.id(), runner, pipeline).await;
             let value = serde_json::to_value(&result).unwrap_or(Value::Null);
             if result.success {
                 Ok(value)

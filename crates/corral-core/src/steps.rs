@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use corral_proc::{Process, Signal, Stream};
+use corral_proc::{Process, Stream};
 use corral_store::{ProcessFilter, ProcessRecord, ProcessState};
 
 use crate::pipeline::{LaunchFuture, StepContext, StepEnd, StepFailure, StepLauncher, StepRun, StepSpec};
@@ -27,12 +27,12 @@ pub struct ManagedLauncher {
 enum Earlier {
     /// Its process is still running and watched by this daemon (re-attached after a crash).
     Live(String, Process, ProcessRecord),
-    /// It ended with a known status.
-    Ended(ProcessRecord),
+    /// It completed (exit code 0).
+    Completed(ProcessRecord),
 }
 
 /// The output tail of a step taken from its record: its output was in an earlier daemon's memory.
-pub const OUTPUT_NOT_KEPT: &str = "[corral: this step ended before the daemon restarted; its output is not kept]";
+pub const OUTPUT_NOT_KEPT: &str = "[corral: this step completed in an earlier run; its output is not kept]";
 
 impl ManagedLauncher {
     /// A launcher for the pipeline run `pipeline_id`.
@@ -47,11 +47,11 @@ impl ManagedLauncher {
     }
 
     /// Before starting a step, looks in the process records for an earlier run of it by this launcher
-    /// (same labels, `step=<name>`), so that a pipeline run again after a crash of the daemon goes on where
-    /// it was: a step that ended is not run again (its record says how it ended), a step whose process
-    /// survived the crash (re-attached) is waited for (its timeout counted from its start), and only a
-    /// step that never started, or whose run the crash cut (`interrupted`, `stale`), runs. Only sound when
-    /// the labels name one run of one pipeline (a task id), never shared by two runs.
+    /// (same labels, `step=<name>`), so that a pipeline run again (after a crash or a stop of the daemon,
+    /// or submitted again after it failed) goes on where it was: a step that completed is not run again, a
+    /// step whose process survived a crash (re-attached) is waited for (its timeout counted from its
+    /// start), and the others run: never started, cut by the crash or the stop, or failed (a retry). Only
+    /// sound when the labels name one pipeline run (a task id), never shared by two runs.
     pub fn reuse_earlier_runs(mut self) -> Self {
         self.reuse = true;
         self
@@ -78,14 +78,14 @@ impl ManagedLauncher {
             }
         };
         match record.state {
-            ProcessState::Completed | ProcessState::Failed => Some(Earlier::Ended(record)),
+            ProcessState::Completed => Some(Earlier::Completed(record)),
             // A live record this daemon does not watch (recovered without a keeper) is stopped by the task
             // engine before a run again; it then reads `interrupted` and runs again.
             ProcessState::Running | ProcessState::Interrupting => self
                 .processes
                 .process(&record.id)
                 .map(|process| Earlier::Live(record.id.clone(), process, record)),
-            ProcessState::Pending | ProcessState::Interrupted | ProcessState::Stale => None,
+            ProcessState::Pending | ProcessState::Interrupted | ProcessState::Failed | ProcessState::Stale => None,
         }
     }
 
@@ -138,7 +138,7 @@ impl StepLauncher for ManagedLauncher {
         Box::pin(async move {
             if self.reuse {
                 match self.earlier_run(step) {
-                    Some(Earlier::Ended(record)) => return step_run_of(&record, step),
+                    Some(Earlier::Completed(record)) => return completed_run(&record),
                     Some(Earlier::Live(id, process, record)) => {
                         let running_for = Duration::from_millis(
                             (crate::events::now_ms() - record.started_at.unwrap_or(record.created_at)).max(0) as u64,
@@ -181,27 +181,13 @@ impl StepLauncher for ManagedLauncher {
     }
 }
 
-/// A step's report from the record of its ended process (an earlier run, before a restart of the daemon).
-fn step_run_of(record: &ProcessRecord, step: &StepSpec) -> StepRun {
+/// The report of a step that completed in an earlier run, from its process's record.
+fn completed_run(record: &ProcessRecord) -> StepRun {
     let started = record.started_at.unwrap_or(record.created_at);
-    let duration = Duration::from_millis((record.ended_at.unwrap_or(started) - started).max(0) as u64);
-    let end = if record.state == ProcessState::Completed {
-        StepEnd::Passed
-    } else if record.error.as_deref() == Some("timed out") {
-        StepEnd::Failed(StepFailure::TimedOut(step.timeout.unwrap_or(duration)))
-    } else if let Some(code) = record.exit_code {
-        StepEnd::Failed(StepFailure::ExitCode(code))
-    } else if let Some(signal) = record.signal.as_deref().and_then(Signal::from_name) {
-        StepEnd::Failed(StepFailure::Signal(signal))
-    } else {
-        StepEnd::Failed(StepFailure::Other(
-            record.error.clone().unwrap_or_else(|| "failed".to_owned()),
-        ))
-    };
     StepRun {
-        end,
+        end: StepEnd::Passed,
         exit_code: record.exit_code,
-        duration,
+        duration: Duration::from_millis((record.ended_at.unwrap_or(started) - started).max(0) as u64),
         output_tail: OUTPUT_NOT_KEPT.to_owned(),
     }
 }
@@ -216,55 +202,4 @@ pub fn output_tail(process: &corral_proc::Process, max: usize) -> String {
         }
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pipeline::PipelineSpec;
-
-    fn ended(state: ProcessState, exit_code: Option<i32>, signal: Option<&str>, error: Option<&str>) -> ProcessRecord {
-        ProcessRecord {
-            state,
-            exit_code,
-            signal: signal.map(str::to_owned),
-            error: error.map(str::to_owned),
-            started_at: Some(1_000),
-            ended_at: Some(3_500),
-            ..ProcessRecord::new("p", "task", vec!["x".into()], 900)
-        }
-    }
-
-    #[test]
-    fn a_step_report_from_its_record_says_how_it_ended() {
-        let spec = PipelineSpec::from_toml_str("[[step]]\nname = \"s\"\ncommand = [\"x\"]\ntimeout = \"2s\"\n")
-            .expect("UNWRAP: valid");
-        let step = &spec.steps[0];
-        let cases = [
-            (ended(ProcessState::Completed, Some(0), None, None), StepEnd::Passed),
-            (
-                ended(ProcessState::Failed, Some(3), None, Some("exited with code 3")),
-                StepEnd::Failed(StepFailure::ExitCode(3)),
-            ),
-            (
-                ended(ProcessState::Failed, None, Some("TERM"), Some("timed out")),
-                StepEnd::Failed(StepFailure::TimedOut(Duration::from_secs(2))),
-            ),
-            (
-                ended(ProcessState::Failed, None, Some("KILL"), Some("killed by signal KILL")),
-                StepEnd::Failed(StepFailure::Signal(Signal::KILL)),
-            ),
-            (
-                ended(ProcessState::Failed, None, None, Some("exit status unknown")),
-                StepEnd::Failed(StepFailure::Other("exit status unknown".into())),
-            ),
-        ];
-        for (record, end) in cases {
-            let run = step_run_of(&record, step);
-            assert_eq!(run.end, end, "{record:?}");
-            assert_eq!(run.exit_code, record.exit_code);
-            assert_eq!(run.duration, Duration::from_millis(2_500));
-            assert_eq!(run.output_tail, OUTPUT_NOT_KEPT);
-        }
-    }
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use corral_core::builtin::{ExecTask, PipelineTask, ProcessTask};
+use corral_core::builtin::{ExecTask, PipelineRuns, PipelineTask, ProcessTask};
 use corral_core::events::EventBus;
 use corral_core::processes::ProcessManager;
 use corral_core::tasks::TaskEngine;
@@ -192,10 +192,15 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!("tool file skipped: {error}");
         }
     }
+    // Shared by the `pipeline` task handler, which lists its runs there, and `GET /pipelines/{id}`.
+    let pipeline_runs = PipelineRuns::new(bus.clone());
     let tasks = TaskEngine::builder()
         .handler("process", ProcessTask::new(processes.clone()))
         .handler("exec", ExecTask::new(processes.clone(), tools.clone()))
-        .handler("pipeline", PipelineTask::new(processes.clone()))
+        .handler(
+            "pipeline",
+            PipelineTask::new(processes.clone()).runs(pipeline_runs.clone()),
+        )
         .build(store.clone(), bus.clone(), Some(processes.clone()))
         .context("starting the task engine")?;
     let recovery = tasks.recover().await.context("recovering tasks")?;
@@ -239,7 +244,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         inner: Arc::new(AppInner {
-            pipelines: pipelines::Pipelines::new(processes.clone(), bus.clone()),
+            pipelines: pipelines::Pipelines::new(tasks.clone(), pipeline_runs),
             processes: processes.clone(),
             tasks: tasks.clone(),
             tools: tools.clone(),
@@ -326,7 +331,6 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
         tracing::warn!("listeners did not close within 5 s; closing anyway");
     }
-    state.inner.pipelines.cancel_all();
     // Tasks first: they go back to `queued` (to resume at the next start) as their processes stop.
     tasks.shutdown().await;
     processes.shutdown_all(SHUTDOWN_GRACE).await;

@@ -762,7 +762,14 @@ async fn a_concurrency_limit_holds_across_a_kill_9_and_keeps_submit_order() {
         .await;
     }
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_until("job 1 runs", || async { read_log() == "start 1\n" }).await;
+    // Its process recorded as running (a crash between its spawn and its record would run it again).
+    wait_until("job 1 runs", || async {
+        let (_, list) = daemon
+            .get(&format!("/processes?label=job%3D{}&state=running", ids[0]))
+            .await;
+        list.as_array().is_some_and(|l| !l.is_empty()) && read_log() == "start 1\n"
+    })
+    .await;
     daemon.kill9();
     daemon.spawn(&[]);
     daemon.wait_ready().await;

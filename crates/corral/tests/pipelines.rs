@@ -101,3 +101,148 @@ async fn invalid_pipelines_are_refused_before_anything_runs() {
     assert_eq!(status_body["steps"][0]["status"], "passed");
     assert_eq!(daemon.get("/pipelines/unknown").await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_survives_kill_9_of_the_daemon_and_finishes_without_running_a_step_twice() {
+    let mut daemon = Daemon::start().await;
+    let log = daemon.dir.0.join("steps.log");
+    let gate = daemon.dir.0.join("gate");
+    let (log_path, gate_path) = (log.display().to_string(), gate.display().to_string());
+    let spec = json!({"name": "durable", "steps": [
+        {"name": "a", "command": ["sh", "-c", format!("echo a >> {log_path}")]},
+        {"name": "b", "after": ["a"], "command": ["sh", "-c", format!(
+            "echo b >> {log_path}; while [ ! -e {gate_path} ]; do sleep 0.05; done"
+        )]},
+        {"name": "c", "after": ["b"], "command": ["sh", "-c", format!("echo c >> {log_path}")]},
+    ]});
+    let (status, created) = daemon.post("/pipelines", spec).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("UNWRAP: id").to_owned();
+    // Its process recorded as running (a crash between its spawn and its record would run it again).
+    wait_until("step b runs", || async {
+        let (_, list) = daemon
+            .get(&format!(
+                "/processes?label=pipeline%3D{id}&label=step%3Db&state=running"
+            ))
+            .await;
+        list.as_array().is_some_and(|l| !l.is_empty()) && std::fs::read_to_string(&log).unwrap_or_default() == "a\nb\n"
+    })
+    .await;
+    daemon.kill9();
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (status, body) = daemon.get(&format!("/pipelines/{id}")).await;
+    assert_eq!(status, 200, "still known after the crash: {body}");
+    std::fs::write(&gate, b"").expect("UNWRAP: temp dir");
+    wait_until("pipeline finished", || async {
+        daemon.get(&format!("/pipelines/{id}")).await.1["state"] == "finished"
+    })
+    .await;
+    let (_, body) = daemon.get(&format!("/pipelines/{id}")).await;
+    assert_eq!(body["success"], true, "{body}");
+    assert_eq!(body["name"], "durable", "{body}");
+    assert_eq!(body["passed"], 3, "{body}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "a\nb\nc\n");
+    // It is a durable task too, with the same id.
+    let (_, task) = daemon.get(&format!("/tasks/{id}")).await;
+    assert_eq!(task["type"], "pipeline", "{task}");
+    assert_eq!(task["status"], "completed", "{task}");
+    // After a clean restart it is still there.
+    daemon.terminate();
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (status, body) = daemon.get(&format!("/pipelines/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "finished", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pipeline_task_submitted_again_runs_only_what_did_not_pass() {
+    let daemon = Daemon::start().await;
+    let log = daemon.dir.0.join("steps.log");
+    let fixed = daemon.dir.0.join("fixed");
+    let (log_path, fixed_path) = (log.display().to_string(), fixed.display().to_string());
+    let id = "00000000-0000-4000-8000-00000000f00d";
+    let task = json!({"id": id, "type": "pipeline", "params": {"steps": [
+        {"name": "a", "command": ["sh", "-c", format!("echo a >> {log_path}")]},
+        {"name": "b", "after": ["a"], "command": ["sh", "-c", format!("echo b >> {log_path}; test -e {fixed_path}")]},
+        {"name": "c", "after": ["b"], "command": ["sh", "-c", format!("echo c >> {log_path}")]},
+    ]}});
+    assert_eq!(daemon.post("/tasks", task.clone()).await.0, 201);
+    let (_, first) = daemon.get(&format!("/tasks/{id}?wait=60s")).await;
+    assert_eq!(first["status"], "failed", "{first}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "a\nb\n");
+    std::fs::write(&fixed, b"").expect("UNWRAP: temp dir");
+    let (status, _) = daemon.post("/tasks", task).await;
+    assert_eq!(status, 200, "a failed id is queued again");
+    let (_, second) = daemon.get(&format!("/tasks/{id}?wait=60s")).await;
+    assert_eq!(second["status"], "completed", "{second}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        "a\nb\nb\nc\n",
+        "a passed the first time and did not run again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_run_waits_for_the_daemon_to_come_back_and_reports_the_end() {
+    let mut daemon = Daemon::start().await;
+    let gate = daemon.dir.0.join("gate");
+    let file = daemon.dir.0.join("pipeline.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[step]]\nname = \"wait\"\ncommand = [\"sh\", \"-c\", \"while [ ! -e {} ]; do sleep 0.05; done\"]\n\
+             [[step]]\nname = \"then\"\ncommand = [\"true\"]\nafter = [\"wait\"]\n",
+            gate.display()
+        ),
+    )
+    .expect("UNWRAP: write");
+    let mut command = std::process::Command::new(crate::util::bin());
+    crate::util::isolate(&mut command, &daemon.dir.0);
+    let mut cli = command
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["pipeline", "run"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("UNWRAP: spawn corral pipeline run");
+    wait_until("step wait runs", || async {
+        let (_, list) = daemon.get("/processes?label=step%3Dwait&state=running").await;
+        list.as_array().is_some_and(|l| !l.is_empty())
+    })
+    .await;
+    // Its stderr, read as it comes, to see when it noticed.
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut pipe = cli.stderr.take().expect("UNWRAP: piped");
+    let reader = {
+        let stderr = stderr.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut pipe, &mut chunk) {
+                stderr
+                    .lock()
+                    .expect("UNWRAP: lock")
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        })
+    };
+    daemon.kill9();
+    wait_until("the CLI notices", || async {
+        stderr.lock().expect("UNWRAP: lock").contains("lost the daemon")
+    })
+    .await;
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    std::fs::write(&gate, b"").expect("UNWRAP: temp dir");
+    let output = tokio::task::spawn_blocking(move || cli.wait_with_output())
+        .await
+        .expect("UNWRAP: join")
+        .expect("UNWRAP: wait");
+    let _ = reader.join();
+    let stderr = stderr.lock().expect("UNWRAP: lock").clone();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("2 passed"), "{stderr}");
+}

@@ -247,8 +247,13 @@ async fn pipeline_task_across_kill_9(config: Option<&str>, expected_log: &str) {
         )
         .await;
     assert_eq!(status, 201, "{body}");
+    // Its process recorded as running (a crash between its spawn and its record would run it again).
     wait_until("step b runs", || async {
-        std::fs::read_to_string(&log).unwrap_or_default() == "a\nb-start\n"
+        let (_, list) = daemon
+            .get(&format!("/processes?label=task%3D{id}&label=step%3Db&state=running"))
+            .await;
+        list.as_array().is_some_and(|l| !l.is_empty())
+            && std::fs::read_to_string(&log).unwrap_or_default() == "a\nb-start\n"
     })
     .await;
     daemon.kill9();

@@ -84,7 +84,8 @@ pub struct StepResult {
 }
 
 impl StepResult {
-    fn pending(step: &StepSpec) -> Self {
+    /// A step not started yet.
+    pub fn pending(step: &StepSpec) -> Self {
         StepResult {
             name: step.name.clone(),
             status: StepStatus::Pending,

@@ -1,119 +1,119 @@
 //! Pipelines in the daemon: `POST /pipelines`, `GET /pipelines/{id}`.
 //!
-//! Each step runs as a managed process (source `pipeline`, labels `pipeline=<id>` and `step=<name>`), so
-//! it has a durable record, shows in `corral ps`, and is stopped with the daemon. Pipeline runs
-//! themselves are kept in memory for now: after a daemon restart `GET /pipelines/{id}` no longer knows
-//! them (durable pipelines arrive as the `pipeline` task type).
+//! A pipeline is a durable task of type `pipeline` (corral-core's `PipelineTask`): the id `POST /pipelines`
+//! answers is the task's id, so the pipeline survives a restart of the daemon, a crash included, and goes on
+//! where it was (no ended step runs twice). Each step runs as a managed process (source `pipeline`, labels
+//! `pipeline=<id>`, `step=<name>` and `task=<id>`), so it has a durable record, shows in `corral ps`, and is
+//! stopped with the daemon. `GET /pipelines/{id}` shows the live run while it goes on in this daemon, and
+//! otherwise what the task's record says (queued, or its per-step result once finished).
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use corral_core::events::EventBus;
-use corral_core::pipeline::{CancelToken, Pipeline, PipelineEvent, PipelineRun, PipelineSpec, Runner, StepResult};
-use corral_core::processes::ProcessManager;
-use corral_core::steps::ManagedLauncher;
+use corral_core::builtin::PipelineRuns;
+use corral_core::pipeline::{Pipeline, PipelineResult, PipelineSpec, StepResult, StepStatus};
+use corral_core::tasks::TaskEngine;
+use corral_store::{TaskRecord, TaskStatus};
 use serde_json::{json, Value};
 
 use crate::daemon::server::{ApiJson, AppError, AppState};
 
-struct Entry {
-    run: PipelineRun,
-    created_at: i64,
-}
+/// The task type pipelines run as.
+const TASK_TYPE: &str = "pipeline";
 
-/// Running and finished pipelines of this daemon.
+/// The pipelines of this daemon: durable `pipeline` tasks, and their live runs.
 pub(crate) struct Pipelines {
-    processes: ProcessManager,
-    bus: EventBus,
-    runs: Mutex<HashMap<String, Entry>>,
+    tasks: TaskEngine,
+    runs: PipelineRuns,
 }
 
 impl Pipelines {
-    pub(crate) fn new(processes: ProcessManager, bus: EventBus) -> Self {
-        Pipelines {
-            processes,
-            bus,
-            runs: Mutex::new(HashMap::new()),
-        }
+    /// `runs` must be the ones the task engine's `pipeline` handler lists its runs in.
+    pub(crate) fn new(tasks: TaskEngine, runs: PipelineRuns) -> Self {
+        Pipelines { tasks, runs }
     }
 
-    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    /// Validates `spec` (a pipeline in its JSON form) and submits it as a task; returns its id.
+    pub(crate) fn start(&self, spec: Value) -> Result<String, AppError> {
+        let parsed: PipelineSpec = serde_json::from_value(spec.clone())
+            .map_err(|err| AppError::bad_request("invalid_pipeline", format!("invalid pipeline: {err}")))?;
+        // The error's text already starts with "invalid pipeline".
+        Pipeline::new(parsed).map_err(|err| AppError::bad_request("invalid_pipeline", err.to_string()))?;
+        Ok(self.tasks.submit(None, TASK_TYPE, spec)?.record().id.clone())
     }
 
-    /// Validates and starts a pipeline; returns its id.
-    pub(crate) fn start(&self, spec: PipelineSpec) -> Result<String, AppError> {
-        let pipeline = Pipeline::new(spec)
-            // The error's text already starts with "invalid pipeline".
-            .map_err(|err| AppError::bad_request("invalid_pipeline", err.to_string()))?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-        let launcher = ManagedLauncher::new(self.processes.clone(), id.clone());
-        let runner = Runner::new(launcher).events(events_tx).cancel_token(CancelToken::new());
-        let run = runner.start(pipeline);
-        self.runs().insert(
-            id.clone(),
-            Entry {
-                run,
-                created_at: corral_core::events::now_ms(),
-            },
-        );
-        self.bus.publish("pipeline.started", json!({"id": id}));
-        let bus = self.bus.clone();
-        let pipeline_id = id.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events_rx.recv().await {
-                let kind = match &event {
-                    PipelineEvent::StepStarted { .. } => "pipeline.step_started",
-                    PipelineEvent::StepFinished { .. } => "pipeline.step_finished",
-                    PipelineEvent::StepSkipped { .. } => "pipeline.step_skipped",
-                    PipelineEvent::StepCancelled { .. } => "pipeline.step_cancelled",
-                    PipelineEvent::Finished { .. } => "pipeline.finished",
-                };
-                let mut data = serde_json::to_value(&event).unwrap_or(Value::Null);
-                if let Value::Object(map) = &mut data {
-                    map.insert("pipeline".into(), Value::String(pipeline_id.clone()));
-                }
-                bus.publish(kind, data);
+    /// The status of a pipeline as served; `None` if there is no such pipeline.
+    pub(crate) fn status(&self, id: &str) -> Result<Option<Value>, AppError> {
+        let Some(record) = self.tasks.get(id)?.filter(|record| record.task_type == TASK_TYPE) else {
+            return Ok(None);
+        };
+        let finished = record.status.is_terminal();
+        // The task's result once it is recorded; the live run before that.
+        let result = match (&record.result, self.runs.get(id)) {
+            (Some(result), _) if finished => serde_json::from_value::<PipelineResult>(result.clone()).ok(),
+            (_, Some(run)) => {
+                let steps = run.snapshot();
+                return Ok(Some(status_json(&record, run.name(), &steps, run.result().as_ref())));
             }
-        });
-        Ok(id)
-    }
-
-    /// The status of a pipeline as served.
-    pub(crate) fn status(&self, id: &str) -> Option<Value> {
-        let runs = self.runs();
-        let entry = runs.get(id)?;
-        let steps: Vec<Value> = entry.run.snapshot().iter().map(step_json).collect();
-        let count = |status: &str| steps.iter().filter(|s| s["status"] == status).count();
-        let result = entry.run.result();
-        Some(json!({
-            "id": id,
-            "name": entry.run.name(),
-            "state": if result.is_some() { "finished" } else { "running" },
-            "success": result.as_ref().map(|r| r.success),
-            "passed": count("passed"),
-            "failed": count("failed"),
-            "skipped": count("skipped"),
-            "cancelled": count("cancelled"),
-            "duration_ms": result.as_ref().map(|r| r.duration.as_millis() as u64),
-            "created_at": crate::api::rfc3339(entry.created_at),
-            "steps": steps,
+            _ => None,
+        };
+        Ok(Some(match result {
+            Some(result) => status_json(&record, result.name.as_deref(), &result.steps, Some(&result)),
+            None => recorded_status(&record),
         }))
     }
+}
 
-    /// Cancels every running pipeline (daemon shutdown).
-    pub(crate) fn cancel_all(&self) {
-        for entry in self.runs().values() {
-            entry.run.cancel();
+/// A pipeline with no run to show: queued, about to resume after a restart, or ended without a result
+/// (cancelled, or its params no longer valid). Steps come from the spec, as the task's status has them.
+fn recorded_status(record: &TaskRecord) -> Value {
+    let spec: Option<PipelineSpec> = serde_json::from_value(record.params.clone()).ok();
+    let (name, steps) = match &spec {
+        Some(spec) => (spec.name.clone(), spec.steps.iter().map(StepResult::pending).collect()),
+        None => (None, Vec::new()),
+    };
+    let mut steps: Vec<StepResult> = steps;
+    if record.status.is_terminal() {
+        for step in &mut steps {
+            step.status = StepStatus::Cancelled;
+            step.error = record.error.clone();
         }
     }
+    let mut status = status_json(record, name.as_deref(), &steps, None);
+    if record.status.is_terminal() {
+        status["state"] = json!("finished");
+        status["success"] = json!(record.status == TaskStatus::Completed);
+        status["error"] = json!(record.error);
+    }
+    status
+}
+
+fn status_json(
+    record: &TaskRecord,
+    name: Option<&str>,
+    steps: &[StepResult],
+    result: Option<&PipelineResult>,
+) -> Value {
+    let steps: Vec<Value> = steps.iter().map(step_json).collect();
+    let count = |status: &str| steps.iter().filter(|s| s["status"] == status).count();
+    json!({
+        "id": record.id,
+        "name": name,
+        "state": if result.is_some() { "finished" } else { "running" },
+        "task_status": record.status.as_str(),
+        "success": result.map(|r| r.success),
+        "passed": count("passed"),
+        "failed": count("failed"),
+        "skipped": count("skipped"),
+        "cancelled": count("cancelled"),
+        "duration_ms": result.map(|r| r.duration.as_millis() as u64),
+        "created_at": crate::api::rfc3339(record.submitted_at),
+        "steps": steps,
+    })
 }
 
 fn step_json(step: &StepResult) -> Value {
@@ -154,7 +154,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/pipelines/{id}", get(status))
 }
 
-async fn create(State(state): State<AppState>, ApiJson(spec): ApiJson<PipelineSpec>) -> Result<Response, AppError> {
+async fn create(State(state): State<AppState>, ApiJson(spec): ApiJson<Value>) -> Result<Response, AppError> {
     let id = state.inner.pipelines.start(spec)?;
     Ok((StatusCode::CREATED, Json(json!({"id": id}))).into_response())
 }
@@ -163,7 +163,7 @@ async fn status(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> 
     state
         .inner
         .pipelines
-        .status(&id)
+        .status(&id)?
         .map(Json)
         .ok_or_else(|| AppError::not_found(format!("no pipeline with id {id}")))
 }
