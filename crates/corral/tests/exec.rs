@@ -851,6 +851,40 @@ async fn a_job_running_at_kill_9_keeps_the_output_it_wrote_before() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_exec_wait_reports_the_job_across_a_daemon_crash() {
+    let mut daemon = daemon_with_tools("", &[]).await;
+    let gate = daemon.dir.0.join("gate");
+    let script = format!(
+        "echo before; while [ ! -e {} ]; do sleep 0.02; done; echo after; exit 3",
+        gate.display()
+    );
+    let tool = format!(
+        "name = \"gated\"\n[[command]]\nname = \"run\"\nexec = [\"/bin/sh\", \"-c\", {script:?}]\ntimeout = \"120s\"\n"
+    );
+    add_tool(&daemon, "gated", &tool).await;
+    let cli = daemon.cli_background(&["exec", "gated", "run", "--wait"]);
+    // Its process recorded as running (a crash between its spawn and its record would run it again).
+    wait_until("the job runs", || async {
+        let (_, list) = daemon.get("/processes?source=exec&state=running").await;
+        let Some(id) = list[0]["labels"]["job"].as_str() else {
+            return false;
+        };
+        job_output(&daemon, id)
+            .await
+            .is_some_and(|o| o.to_string().contains("before"))
+    })
+    .await;
+    daemon.kill9();
+    wait_until("the CLI notices", || async { cli.stderr().contains("lost the daemon") }).await;
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    std::fs::write(&gate, b"").expect("UNWRAP: gate");
+    let (status, stdout, stderr) = cli.finish().await;
+    assert_eq!(status.code(), Some(3), "the job's exit code: {stderr}");
+    assert_eq!(stdout, "before\nafter\n", "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_args_never_show_in_the_task_api() {
     // `secret = true` args were masked in the process record and the log, but `GET /tasks/{id}` and
     // `GET /tasks` showed them in clear (to any token with `read`); so did process tasks' secret-looking argv.

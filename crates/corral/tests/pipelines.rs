@@ -198,51 +198,18 @@ async fn pipeline_run_waits_for_the_daemon_to_come_back_and_reports_the_end() {
         ),
     )
     .expect("UNWRAP: write");
-    let mut command = std::process::Command::new(crate::util::bin());
-    crate::util::isolate(&mut command, &daemon.dir.0);
-    let mut cli = command
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(["pipeline", "run"])
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("UNWRAP: spawn corral pipeline run");
+    let cli = daemon.cli_background(&["pipeline", "run", file.to_str().expect("UNWRAP: utf8")]);
     wait_until("step wait runs", || async {
         let (_, list) = daemon.get("/processes?label=step%3Dwait&state=running").await;
         list.as_array().is_some_and(|l| !l.is_empty())
     })
     .await;
-    // Its stderr, read as it comes, to see when it noticed.
-    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let mut pipe = cli.stderr.take().expect("UNWRAP: piped");
-    let reader = {
-        let stderr = stderr.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n @ 1..) = std::io::Read::read(&mut pipe, &mut chunk) {
-                stderr
-                    .lock()
-                    .expect("UNWRAP: lock")
-                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
-            }
-        })
-    };
     daemon.kill9();
-    wait_until("the CLI notices", || async {
-        stderr.lock().expect("UNWRAP: lock").contains("lost the daemon")
-    })
-    .await;
+    wait_until("the CLI notices", || async { cli.stderr().contains("lost the daemon") }).await;
     daemon.spawn(&[]);
     daemon.wait_ready().await;
     std::fs::write(&gate, b"").expect("UNWRAP: temp dir");
-    let output = tokio::task::spawn_blocking(move || cli.wait_with_output())
-        .await
-        .expect("UNWRAP: join")
-        .expect("UNWRAP: wait");
-    let _ = reader.join();
-    let stderr = stderr.lock().expect("UNWRAP: lock").clone();
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
-    assert!(String::from_utf8_lossy(&output.stdout).contains("2 passed"), "{stderr}");
+    let (status, stdout, stderr) = cli.finish().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("2 passed"), "{stderr}");
 }

@@ -187,6 +187,32 @@ impl Daemon {
         pipe_through(&mut command, input)
     }
 
+    /// Starts the CLI against this daemon in the background; its stderr is read as it comes.
+    pub(crate) fn cli_background(&self, args: &[&str]) -> Background {
+        let mut command = Command::new(bin());
+        command.arg("--socket").arg(&self.socket).args(args);
+        isolate(&mut command, &self.dir.0);
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("UNWRAP: spawn corral");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("UNWRAP: piped");
+        let reader = {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = std::io::Read::read(&mut pipe, &mut chunk) {
+                    let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+                    stderr.lock().unwrap_or_else(|p| p.into_inner()).push_str(&text);
+                }
+            })
+        };
+        Background { child, stderr, reader }
+    }
+
     /// Runs the CLI against this daemon over TCP.
     pub(crate) fn cli_tcp(&self, addr: &str, token: &str, args: &[&str]) -> Output {
         let mut command = Command::new(bin());
@@ -370,4 +396,34 @@ pub(crate) fn pipe_through(command: &mut Command, input: &[u8]) -> Output {
     let output = child.wait_with_output().expect("UNWRAP: wait");
     let _ = writer.join();
     output
+}
+
+/// A CLI command started with [`Daemon::cli_background`].
+pub(crate) struct Background {
+    child: Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Background {
+    /// What it wrote to stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits for it to exit: its status, stdout and whole stderr.
+    pub(crate) async fn finish(self) -> (std::process::ExitStatus, String, String) {
+        let Background { child, stderr, reader } = self;
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .expect("UNWRAP: join")
+            .expect("UNWRAP: wait");
+        let _ = reader.join();
+        let stderr = stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr,
+        )
+    }
 }

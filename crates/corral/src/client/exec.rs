@@ -58,8 +58,9 @@ pub(crate) async fn tools(client: &Client, json: bool) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// `corral exec TOOL CMD k=v...`. With `--wait`, one request submits and waits (`?wait=30s`); a job
-/// still unfinished then is long-polled like `corral job --wait`.
+/// `corral exec TOOL CMD k=v...`. With `--wait`, then long-polls like `corral job --wait`: two requests
+/// rather than one (`?wait=` on the submit), so that the job's id is known before the wait and a daemon
+/// restart during it loses nothing.
 pub(crate) async fn exec(
     client: &Client,
     tool: &str,
@@ -69,10 +70,7 @@ pub(crate) async fn exec(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let args: BTreeMap<String, String> = args.into_iter().collect();
-    let mut path = format!("/exec/{}/{}", enc(tool), enc(command));
-    if wait {
-        path.push_str(WAIT_QUERY);
-    }
+    let path = format!("/exec/{}/{}", enc(tool), enc(command));
     let answer: Value = client.call(Method::POST, &path, Some(&args)).await?;
     let id = answer
         .get("job_id")
@@ -86,9 +84,6 @@ pub(crate) async fn exec(
             outln!("{id}");
         }
         return Ok(ExitCode::SUCCESS);
-    }
-    if is_finished(&answer) {
-        return report(&id, &answer, true, json);
     }
     job(client, &id, true, json).await
 }
@@ -112,7 +107,13 @@ pub(crate) async fn job(client: &Client, id: &str, wait: bool, json: bool) -> an
         } else {
             format!("/exec/jobs/{}", enc(id))
         };
-        let job: Value = client.call(Method::GET, &path, None::<&()>).await?;
+        let job: Value = if wait {
+            client
+                .get_through_restarts(&path, &format!("job {id}"), &format!("corral job {id} --wait"))
+                .await?
+        } else {
+            client.call(Method::GET, &path, None::<&()>).await?
+        };
         if !wait || is_finished(&job) {
             break job;
         }

@@ -4,13 +4,9 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use hyper::Method;
 use serde_json::Value;
 
-use crate::client::transport::{ApiError, Client};
-
-/// How long `corral pipeline run` waits for a daemon to come back after losing it.
-const WAIT_FOR_DAEMON: Duration = Duration::from_secs(60);
+use crate::client::transport::Client;
 
 /// Polls the pipeline until it finishes, showing progress on stderr; returns the final status.
 pub(crate) async fn follow_pipeline(client: &Client, id: &str, quiet: bool) -> anyhow::Result<Value> {
@@ -19,31 +15,10 @@ pub(crate) async fn follow_pipeline(client: &Client, id: &str, quiet: bool) -> a
     let started = Instant::now();
     let mut seen: HashMap<String, String> = HashMap::new();
     let mut drawn_lines = 0usize;
-    let mut lost_since: Option<Instant> = None;
     loop {
-        let status: Value = match client.call(Method::GET, &path, None::<&()>).await {
-            Ok(status) => {
-                lost_since = None;
-                status
-            }
-            // No answer at all (not an error answer): the daemon stopped or crashed. The pipeline is a
-            // durable task that goes on once a daemon runs again: wait for one a while.
-            Err(err) if err.downcast_ref::<ApiError>().is_none() => {
-                let since = *lost_since.get_or_insert_with(|| {
-                    errln!("corral: lost the daemon ({err:#}); pipeline {id} goes on once a daemon runs again, waiting for one");
-                    Instant::now()
-                });
-                if since.elapsed() > WAIT_FOR_DAEMON {
-                    anyhow::bail!(
-                        "no daemon came back within {} s; pipeline {id} goes on once one runs: `corral pipeline get {id}`",
-                        WAIT_FOR_DAEMON.as_secs()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-            Err(err) => return Err(err),
-        };
+        let status: Value = client
+            .get_through_restarts(&path, &format!("pipeline {id}"), &format!("corral pipeline get {id}"))
+            .await?;
         let finished = status.get("state").and_then(Value::as_str) == Some("finished");
         let steps = status
             .get("steps")

@@ -114,7 +114,11 @@ pub(crate) async fn task(client: &Client, command: TaskCommand, json: bool) -> a
 async fn wait_for(client: &Client, id: &str) -> anyhow::Result<TaskJson> {
     loop {
         let task: TaskJson = client
-            .call(Method::GET, &format!("/tasks/{}?wait=30s", enc(id)), None::<&()>)
+            .get_through_restarts(
+                &format!("/tasks/{}?wait=30s", enc(id)),
+                &format!("task {id}"),
+                &format!("corral task get {id} --wait"),
+            )
             .await?;
         if task.is_terminal() {
             return Ok(task);

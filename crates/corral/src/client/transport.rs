@@ -13,6 +13,10 @@ use serde::Serialize;
 
 use crate::api::ErrorBody;
 
+/// How long a command waiting on durable work waits for a lost daemon to answer again
+/// ([`Client::get_through_restarts`]).
+pub(crate) const WAIT_FOR_DAEMON: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where the daemon listens.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
@@ -144,6 +148,42 @@ impl Client {
         let body = body.map(serde_json::to_vec).transpose()?;
         let bytes = success_body(self.send(method, path, body).await?).await?;
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from the daemon to {path}"))
+    }
+
+    /// `GET path` for a command that waits on durable work (`what`: "task ID", "pipeline ID", ...). When the
+    /// daemon does not answer (it stopped or crashed; or it is starting and says 503), the work goes on once
+    /// a daemon runs again: this says so once and retries for up to [`WAIT_FOR_DAEMON`], then fails with
+    /// `later`, the command that finds the work again. Other error answers are returned at once.
+    pub(crate) async fn get_through_restarts<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+        later: &str,
+    ) -> anyhow::Result<T> {
+        let mut lost: Option<std::time::Instant> = None;
+        loop {
+            let err = match self.call(Method::GET, path, None::<&()>).await {
+                Ok(answer) => return Ok(answer),
+                Err(err) => err,
+            };
+            let transient = err
+                .downcast_ref::<ApiError>()
+                .is_none_or(|answer| answer.status == StatusCode::SERVICE_UNAVAILABLE);
+            if !transient {
+                return Err(err);
+            }
+            let since = *lost.get_or_insert_with(|| {
+                errln!("corral: lost the daemon ({err:#}); {what} goes on once a daemon runs again: waiting for one");
+                std::time::Instant::now()
+            });
+            if since.elapsed() > WAIT_FOR_DAEMON {
+                anyhow::bail!(
+                    "no daemon answered for {} s; {what} goes on once one runs: `{later}`",
+                    WAIT_FOR_DAEMON.as_secs()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
     }
 
     /// Opens a server-sent-events stream.
