@@ -123,15 +123,23 @@ async fn bad_config_exits_2_naming_file_and_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_daemon_the_cli_says_so_in_one_line() {
     let dir = TempDir::new();
-    let mut command = std::process::Command::new(bin());
-    command.arg("--socket").arg(dir.0.join("nope.sock")).arg("status");
-    isolate(&mut command, &dir.0);
-    let output = command.output().expect("UNWRAP: run");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("corral daemon"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Also the commands that wait for a daemon to come back once one answered them: none ever did here.
+    let id = "00000000-0000-4000-8000-000000000001";
+    for args in [
+        vec!["status"],
+        vec!["job", id, "--wait"],
+        vec!["task", "get", id, "--wait"],
+    ] {
+        let mut command = std::process::Command::new(bin());
+        command.arg("--socket").arg(dir.0.join("nope.sock")).args(&args);
+        isolate(&mut command, &dir.0);
+        let output = command.output().expect("UNWRAP: run");
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains("start one with `corral daemon`"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,9 @@ pub(crate) enum Target {
 pub(crate) struct Client {
     target: Target,
     token: Option<String>,
+    /// Set once a daemon answered a request of this command (any answer): a later failure to reach one is
+    /// then a daemon that went away, not one that was never there.
+    answered: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Could not reach the daemon at all (as opposed to an error answer).
@@ -62,7 +65,11 @@ impl Client {
         } else {
             Target::Unix(crate::config::client_state_dir().join("corral.sock"))
         };
-        Ok(Client { target, token })
+        Ok(Client {
+            target,
+            token,
+            answered: Default::default(),
+        })
     }
 
     fn describe(&self) -> String {
@@ -134,6 +141,7 @@ impl Client {
                 exchange(stream, request).await?
             }
         };
+        self.answered.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(response)
     }
 
@@ -169,7 +177,8 @@ impl Client {
             let transient = err
                 .downcast_ref::<ApiError>()
                 .is_none_or(|answer| answer.status == StatusCode::SERVICE_UNAVAILABLE);
-            if !transient {
+            // No daemon ever answered this command: say so at once, as any command does.
+            if !transient || !self.answered.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(err);
             }
             let since = *lost.get_or_insert_with(|| {
