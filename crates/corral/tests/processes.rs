@@ -351,37 +351,42 @@ async fn a_second_ctrl_c_on_corral_run_kills_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corral_run_says_where_the_process_went_when_the_daemon_dies() {
+async fn corral_run_follows_its_process_across_a_daemon_crash() {
     let mut daemon = Daemon::start().await;
-    let mut cli = corral_run(&daemon, &["--label", "test=lost", "--", "sleep", "300"]);
+    let gate = daemon.dir.0.join("gate");
+    let script = format!(
+        "echo one; while [ ! -e {} ]; do sleep 0.05; done; echo two; echo err-two >&2; exit 5",
+        gate.display()
+    );
+    let cli = daemon.cli_background(&["run", "--label", "test=lost", "--", "sh", "-c", &script]);
     let id = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    wait_until("process running", || {
+    wait_until("process running, its first line captured", || {
         let id = id.clone();
         let daemon = &daemon;
         async move {
             let (_, list) = daemon.get("/processes?label=test%3Dlost&state=running").await;
             let found = list[0]["id"].as_str().unwrap_or_default().to_owned();
             *id.lock().expect("UNWRAP: lock") = found.clone();
-            !found.is_empty()
+            !found.is_empty() && daemon.get(&format!("/processes/{found}/output")).await.1["stdout"] == "one\n"
         }
     })
     .await;
     let id = id.lock().expect("UNWRAP: lock").clone();
     daemon.kill9();
-    let status = exit_within(&mut cli, crate::util::DEADLINE, "after the daemon died").await;
-    assert_eq!(status.code(), Some(1));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut cli.stderr.take().expect("UNWRAP: stderr"), &mut stderr)
-        .expect("UNWRAP: read stderr");
-    assert!(
-        stderr.contains("lost the daemon") && stderr.contains(&format!("corral logs -f {id}")),
-        "{stderr}"
-    );
-    // What it says is true: the process went on, and the next daemon has it.
+    wait_until("the CLI notices", || async { cli.stderr().contains("lost the daemon") }).await;
+    assert!(cli.stderr().contains(&id), "{}", cli.stderr());
     daemon.spawn(&[]);
     daemon.wait_ready().await;
-    let (_, record) = daemon.get(&format!("/processes/{id}")).await;
-    assert_eq!(record["state"], "running", "{record}");
+    std::fs::write(&gate, b"").expect("UNWRAP: gate");
+    let (status, stdout, stderr) = cli.finish().await;
+    assert_eq!(status.code(), Some(5), "the real exit code: {stderr}");
+    // Each line once: what came before the crash, then the rest; the next daemon's note that it does not
+    // have the earlier output is not shown, since this command printed it.
+    assert_eq!(stdout, "one\ntwo\n", "{stderr}");
+    assert!(
+        stderr.contains("err-two") && !stderr.contains("[corral: the daemon restarted"),
+        "{stderr}"
+    );
 }
 
 /// Waits for `cli` to exit, failing the test if it is still running after `deadline`.

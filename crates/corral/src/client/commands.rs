@@ -87,18 +87,37 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
     if args.stdin {
         forward_stdin(client, &started.id);
     }
-    let mut events = client
-        .events(&format!("/processes/{}/output?follow=true", enc(&started.id)))
-        .await?;
+    let follow_path = format!("/processes/{}/output?follow=true", enc(&started.id));
+    let mut events = client.events(&follow_path).await?;
     let mut stopping = false;
     let mut last: Option<ProcessJson> = None;
+    // After a crash of the daemon, the next one's output of the process starts with a line saying that the
+    // earlier output is not kept: this command printed it already.
+    let mut after_crash = false;
     loop {
         tokio::select! {
             event = events.next() => {
-                let Some(event) = event.map_err(|err| lost_daemon(&started.id, err))? else { break };
+                let event = match event {
+                    Ok(Some(event)) => event,
+                    // The stream ended (the daemon stops: its processes are stopped; the record says how).
+                    Ok(None) => break,
+                    // The connection broke: the daemon crashed. The process goes on (the keeper holds it);
+                    // follow it again once a daemon runs.
+                    Err(err) => {
+                        events = tokio::select! {
+                            again = follow_again(client, &started.id, &follow_path) => again.map_err(|e| lost_daemon(&started.id, e))?,
+                            _ = interrupt.recv() => return Err(lost_daemon(&started.id, err)),
+                        };
+                        after_crash = true;
+                        continue;
+                    }
+                };
                 match event.event.as_str() {
                     "output" if !json => {
                         let line: OutputLine = serde_json::from_str(&event.data)?;
+                        if after_crash && line.line == corral_proc::LOST_BEFORE_ADOPTION.trim_end() {
+                            continue;
+                        }
                         let newline = if line.end == "split" { "" } else { "\n" };
                         // A reader gone (`corral logs -f ID | head`) ends the follow.
                         if line.stream == "stderr" {
@@ -131,6 +150,23 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
         print_json(&record)?;
     }
     Ok(exit_code_of(&record))
+}
+
+/// Waits for a daemon to answer again about process `id` (after one crashed under `corral run`), then follows
+/// its output again.
+async fn follow_again(
+    client: &Client,
+    id: &str,
+    follow_path: &str,
+) -> anyhow::Result<crate::client::transport::SseReader> {
+    let _: ProcessJson = client
+        .get_through_restarts(
+            &format!("/processes/{}", enc(id)),
+            &format!("process {id}"),
+            &format!("corral logs -f {id}"),
+        )
+        .await?;
+    client.events(follow_path).await
 }
 
 /// `corral run` lost its daemon while following: say what became of the process and how to find it again.
