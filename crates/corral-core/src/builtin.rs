@@ -229,7 +229,8 @@ impl PipelineTask {
 const FINISHED_RUN_KEPT: Duration = Duration::from_secs(60);
 
 /// The `pipeline` task runs going on in this process, by task id: their per-step status while they run
-/// (`GET /pipelines/{id}`), and their progress as events (`pipeline.step_started`, ...) on an event bus.
+/// (`GET /pipelines/{id}`), and their progress as events (`pipeline.started`, `pipeline.step_started`, ...) on
+/// an event bus.
 /// Cheap to clone; the clones share the runs.
 #[derive(Clone, Default)]
 pub struct PipelineRuns {
@@ -259,6 +260,7 @@ impl PipelineRuns {
     async fn run(&self, id: &str, runner: Runner, pipeline: Pipeline) -> crate::pipeline::PipelineResult {
         let runner = match &self.bus {
             Some(bus) => {
+                bus.publish("pipeline.started", json!({"id": id, "pipeline": id}));
                 let (events, received) = tokio::sync::mpsc::unbounded_channel();
                 tokio::spawn(publish_pipeline_events(bus.clone(), id.to_owned(), received));
                 runner.events(events)
