@@ -334,6 +334,14 @@ impl ProcessManager {
         if request.command.is_empty() || request.command[0].is_empty() {
             return Err(ProcessesError::Invalid("command must be a non-empty argv array".into()));
         }
+        if let Some(dir) = request.dir.as_ref().filter(|dir| dir.is_relative()) {
+            // Relative to what? Not the daemon's working directory, nor the keeper's: the caller's, which
+            // only the caller knows.
+            return Err(ProcessesError::Invalid(format!(
+                "dir must be an absolute path (got {:?})",
+                dir.display().to_string()
+            )));
+        }
         // Time-ordered (UUIDv7): consecutive records go to the end of the id index instead of a random
         // page of it, which costs fewer pages per insert once the table is larger than the cache.
         let id = request.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());

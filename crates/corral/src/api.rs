@@ -127,8 +127,26 @@ pub(crate) struct OutputJson {
 pub(crate) struct OutputLine {
     pub(crate) stream: String,
     pub(crate) line: String,
-    /// `newline`, `split` (continues in the next line) or `eof`.
+    /// `newline`, `split` (continues in the next line) or `eof` (no newline yet: the rest, if any, comes as
+    /// a line of its own).
     pub(crate) end: String,
+    /// The line's exact bytes, only when they are not UTF-8 (`line` then has U+FFFD in their place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) bytes: Option<Vec<u8>>,
+}
+
+impl OutputLine {
+    /// The bytes as the process wrote them: the line, and its newline if it ended with one.
+    pub(crate) fn raw(&self) -> Vec<u8> {
+        let mut raw = match &self.bytes {
+            Some(bytes) => bytes.clone(),
+            None => self.line.as_bytes().to_vec(),
+        };
+        if self.end == "newline" {
+            raw.push(b'\n');
+        }
+        raw
+    }
 }
 
 /// `GET /health` and `GET /ready`.

@@ -30,6 +30,20 @@ pub(crate) fn write_or_exit(to: &mut dyn std::io::Write, args: std::fmt::Argumen
     }
 }
 
+/// Writes a line of a process's output to stdout or stderr (as its stream was) exactly as the process wrote
+/// it. An error means the reader is gone.
+pub(crate) fn write_output(line: &crate::api::OutputLine) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let raw = line.raw();
+    if line.stream == "stderr" {
+        let mut err = std::io::stderr().lock();
+        err.write_all(&raw).and_then(|()| err.flush())
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&raw).and_then(|()| out.flush())
+    }
+}
+
 pub(crate) mod commands;
 pub(crate) mod exec;
 pub(crate) mod progress;

@@ -37,6 +37,12 @@ async fn errors_are_json_with_a_code() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap_or("").contains("timeout"));
+    // Relative to what? Not the daemon's directory (nor the keeper's, which is `/`).
+    let (status, body) = daemon
+        .post("/processes", json!({"command": ["pwd"], "dir": "sub"}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("absolute"), "{body}");
     let (status, body) = daemon.get("/processes?state=sideways").await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = request_unix(&daemon.socket, Method::DELETE, "/health", None, None)

@@ -93,3 +93,26 @@ allow = ["read", "processes"]
     let output = daemon.cli_tcp(&addr, runner, &["--json", "ps"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_run_with_a_token_that_may_start_but_not_read_leaves_nothing_running() {
+    let port = free_port();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\n[[token]]\nname = \"starter\"\nsecret_env = \"CORRAL_TEST_STARTER\"\nallow = [\"processes\"]\n"
+    );
+    let secret = "starter-secret-0123456789";
+    let daemon = Daemon::start_with_config(Some(&config), &[("CORRAL_TEST_STARTER", secret)]).await;
+    let output = daemon.cli_tcp(
+        &format!("127.0.0.1:{port}"),
+        secret,
+        &["run", "--label", "test=scoped", "--", "sleep", "300"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("so it was stopped") && stderr.contains("read"),
+        "{stderr}"
+    );
+    let (_, list) = daemon.get("/processes?label=test%3Dscoped").await;
+    assert_eq!(list[0]["state"], "interrupted", "{list}");
+}

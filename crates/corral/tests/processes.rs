@@ -30,6 +30,8 @@ async fn corral_run_streams_output_and_exits_with_the_childs_code() {
     assert_eq!(output.status.code(), Some(137));
     let output = daemon.cli(&["run", "--timeout", "300ms", "--grace", "1s", "--", "sleep", "300"]);
     assert_ne!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("timed out"), "says why: {stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,6 +71,69 @@ async fn corral_run_stdin_forwards_every_byte_only_when_asked() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_run_passes_output_on_byte_for_byte() {
+    let daemon = Daemon::start().await;
+    // No newline added at the end, bytes that are not UTF-8 as they are.
+    let output = daemon.cli(&["run", "--", "printf", "abc"]);
+    assert_eq!(output.stdout, b"abc");
+    let output = daemon.cli(&["run", "--", "printf", "\\377\\376\\000abc\\n"]);
+    assert_eq!(output.stdout, b"\xff\xfe\x00abc\n");
+    // Lines cut by the reads of the pipe (the snapshot a follower starts with ends mid-line) come out whole.
+    let file = daemon.dir.0.join("seq.txt");
+    let text: String = (1..=100_000).map(|n| format!("{n}\n")).collect();
+    std::fs::write(&file, &text).expect("UNWRAP: write");
+    let output = daemon.cli(&["run", "--", "cat", file.to_str().expect("UNWRAP: utf8")]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(output.stdout == text.as_bytes(), "{} bytes differ", output.stdout.len());
+    // Through stdin and back: any bytes.
+    let input: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(31) % 256) as u8).collect();
+    let output = daemon.cli_with_stdin(&["run", "-i", "--", "cat"], &input);
+    assert!(
+        output.stdout == input,
+        "{} bytes back of {}",
+        output.stdout.len(),
+        input.len()
+    );
+    // A relative --dir is the caller's, not the daemon's or the keeper's.
+    let sub = daemon.dir.0.join("sub");
+    std::fs::create_dir_all(&sub).expect("UNWRAP: mkdir");
+    let mut command = std::process::Command::new(crate::util::bin());
+    crate::util::isolate(&mut command, &daemon.dir.0);
+    let output = command
+        .current_dir(&daemon.dir.0)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["run", "--dir", "sub", "--", "pwd"])
+        .output()
+        .expect("UNWRAP: run");
+    let expected = std::fs::canonicalize(&sub).expect("UNWRAP: canonical");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        expected.display().to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_run_into_a_closed_pipe_stops_its_process() {
+    let daemon = Daemon::start().await;
+    let mut cli = corral_run(
+        &daemon,
+        &["--label", "test=head", "--", "sh", "-c", "while :; do echo y; done"],
+    );
+    // Read a little, then go away as `head -2` does.
+    let mut stdout = cli.stdout.take().expect("UNWRAP: piped");
+    let mut first = [0u8; 4];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("UNWRAP: output");
+    drop(stdout);
+    let status = exit_within(&mut cli, crate::util::DEADLINE, "after its reader went away").await;
+    assert_eq!(status.code(), Some(0));
+    wait_until("the process is stopped", || async {
+        daemon.get("/processes?label=test%3Dhead").await.1[0]["state"] == "interrupted"
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,8 +66,9 @@ pub(crate) async fn status(client: &Client, json: bool) -> anyhow::Result<ExitCo
 
 /// `corral run -- CMD...`: start, stream output, forward Ctrl-C as a stop, exit with the child's code.
 pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::Result<ExitCode> {
+    // The daemon (and the keeper, which spawns) run elsewhere: a relative dir is this command's.
     let dir = match args.dir {
-        Some(dir) => Some(dir),
+        Some(dir) => Some(std::path::absolute(&dir).with_context(|| format!("--dir {}", dir.display()))?),
         None => std::env::current_dir().ok(),
     };
     let request = StartProcess {
@@ -88,7 +89,14 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
         forward_stdin(client, &started.id);
     }
     let follow_path = format!("/processes/{}/output?follow=true", enc(&started.id));
-    let mut events = client.events(&follow_path).await?;
+    let mut events = match client.events(&follow_path).await {
+        Ok(events) => events,
+        // Nobody would see it or stop it (a token that may start but not read, say): undo the start.
+        Err(err) => {
+            stop_now(client, &started.id, &args.grace).await;
+            return Err(err.context(format!("cannot follow process {}, so it was stopped", started.id)));
+        }
+    };
     let mut stopping = false;
     let mut last: Option<ProcessJson> = None;
     // After a crash of the daemon, the next one's output of the process starts with a line saying that the
@@ -99,7 +107,7 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
             event = events.next() => {
                 let event = match event {
                     Ok(Some(event)) => event,
-                    // The stream ended (the daemon stops: its processes are stopped; the record says how).
+                    // The stream ended: the process's exit is next, or the daemon is stopping (and stops it).
                     Ok(None) => break,
                     // The connection broke: the daemon crashed. The process goes on (the keeper holds it);
                     // follow it again once a daemon runs.
@@ -118,14 +126,14 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
                         if after_crash && line.line == corral_proc::LOST_BEFORE_ADOPTION.trim_end() {
                             continue;
                         }
-                        let newline = if line.end == "split" { "" } else { "\n" };
-                        // A reader gone (`corral logs -f ID | head`) ends the follow.
-                        if line.stream == "stderr" {
-                            err!("{}{newline}", line.line);
-                        } else {
-                            out!("{}{newline}", line.line);
+                        // The reader is gone (`corral run ... | head`): stop the process, as a closed pipe
+                        // stops its writer, and end quietly.
+                        if crate::client::write_output(&line).is_err() {
+                            stop_now(client, &started.id, &args.grace).await;
+                            return Ok(ExitCode::SUCCESS);
                         }
                     }
+                    "lagged" => lagged(&event.data),
                     "exit" => {
                         last = Some(serde_json::from_str(&event.data)?);
                         break;
@@ -140,16 +148,44 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
     }
     let record = match last {
         Some(record) => record,
-        // The stream ended without the exit: ask for the record; no answer means the daemon is gone.
+        // The stream ended without the exit: ask for the record; no answer means the daemon stopped.
         None => client
             .call::<ProcessJson>(Method::GET, &format!("/processes/{}", enc(&started.id)), None::<&()>)
             .await
-            .map_err(|err| lost_daemon(&started.id, err))?,
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "the daemon stopped while following process {} ({err:#}); a daemon that stops stops its \
+                     processes: `corral ps` shows how it ended once a daemon runs again",
+                    started.id
+                )
+            })?,
     };
     if json {
         print_json(&record)?;
+    } else if record.error.as_deref() == Some("timed out") {
+        errln!("corral: the process timed out and was stopped");
     }
     Ok(exit_code_of(&record))
+}
+
+/// Stops process `id` (its own grace unless `--grace` says otherwise) and waits for the answer.
+async fn stop_now(client: &Client, id: &str, grace: &Option<String>) {
+    let _ = client
+        .call::<ProcessJson>(
+            Method::POST,
+            &format!("/processes/{}/stop", enc(id)),
+            Some(&StopRequest { grace: grace.clone() }),
+        )
+        .await;
+}
+
+/// A follower fell behind and the daemon dropped output for it (it never blocks the process): say so.
+fn lagged(data: &str) {
+    let missed = serde_json::from_str::<Value>(data)
+        .ok()
+        .and_then(|v| v["missed"].as_u64())
+        .unwrap_or(0);
+    errln!("corral: {missed} batches of output were dropped here: they came faster than this command read them (`corral logs` has what the daemon kept)");
 }
 
 /// Waits for a daemon to answer again about process `id` (after one crashed under `corral run`), then follows
@@ -322,8 +358,11 @@ pub(crate) async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow:
                 "output" if json => outln!("{}", event.data),
                 "output" => {
                     let line: OutputLine = serde_json::from_str(&event.data)?;
-                    outln!("{}", line.line);
+                    if crate::client::write_output(&line).is_err() {
+                        return Ok(ExitCode::SUCCESS);
+                    }
                 }
+                "lagged" => lagged(&event.data),
                 "exit" => break,
                 _ => {}
             }

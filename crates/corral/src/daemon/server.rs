@@ -761,6 +761,7 @@ pub(crate) fn output_event(stream: corral_proc::Stream, line: &corral_proc::Line
         stream: stream.as_str().to_owned(),
         line: line.to_string_lossy(),
         end: end.to_owned(),
+        bytes: std::str::from_utf8(&line.text).is_err().then(|| line.text.to_vec()),
     };
     SseEvent::default()
         .event("output")
