@@ -117,6 +117,35 @@ async fn corral_run_passes_output_on_byte_for_byte() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_is_told_when_the_oldest_output_is_no_longer_kept() {
+    let daemon = Daemon::start().await;
+    let (status, record) = daemon
+        .post(
+            "/processes",
+            json!({"command": ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x; echo; echo done; sleep 300"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().expect("UNWRAP: id").to_owned();
+    wait_until("all written", || async {
+        daemon.get(&format!("/processes/{id}/output")).await.1["stdout"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("done\n"))
+    })
+    .await;
+    let cli = daemon.cli_background(&["logs", "-f", &id]);
+    wait_until("the follower is told", || async {
+        cli.stderr().contains("are not kept")
+    })
+    .await;
+    let (status, _) = daemon.post(&format!("/processes/{id}/stop"), json!({})).await;
+    assert_eq!(status, 200);
+    let (status, _, stderr) = cli.finish().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("of stdout are not kept"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corral_run_into_a_closed_pipe_stops_its_process() {
     let daemon = Daemon::start().await;
     let mut cli = corral_run(

@@ -134,6 +134,7 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
                         }
                     }
                     "lagged" => lagged(&event.data),
+                    "truncated" => truncated(&event.data),
                     "exit" => {
                         last = Some(serde_json::from_str(&event.data)?);
                         break;
@@ -177,6 +178,14 @@ async fn stop_now(client: &Client, id: &str, grace: &Option<String>) {
             Some(&StopRequest { grace: grace.clone() }),
         )
         .await;
+}
+
+/// The daemon no longer had the oldest output when this command began to follow (its ring is bounded).
+fn truncated(data: &str) {
+    let value = serde_json::from_str::<Value>(data).unwrap_or_default();
+    let dropped = value["dropped"].as_u64().unwrap_or(0);
+    let stream = value["stream"].as_str().unwrap_or("output");
+    errln!("corral: the first {dropped} bytes of {stream} are not kept (the daemon keeps the newest only); what follows is the rest");
 }
 
 /// A follower fell behind and the daemon dropped output for it (it never blocks the process): say so.
@@ -363,6 +372,7 @@ pub(crate) async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow:
                     }
                 }
                 "lagged" => lagged(&event.data),
+                "truncated" => truncated(&event.data),
                 "exit" => break,
                 _ => {}
             }

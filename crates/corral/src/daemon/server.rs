@@ -729,7 +729,8 @@ async fn follow_output(state: AppState, id: String) -> Sse<impl Stream<Item = Re
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-/// The output events of what a follower's snapshot holds, stdout then stderr, taken out of `follow`. A last
+/// The output events of what a follower's snapshot holds, stdout then stderr, taken out of `follow`; a
+/// `truncated` event `{stream, dropped}` first when the ring no longer holds the oldest bytes. A last
 /// line without its newline comes too (marked `eof`) when nobody was listening as it began: the process
 /// then keeps no partial line, so the rest of it comes live as a line of its own, and dropping it here
 /// lost the start of that line. When another follower was listening, the process holds that partial line
@@ -739,6 +740,14 @@ pub(crate) fn backlog_events(follow: &mut corral_proc::Follow) -> Vec<SseEvent> 
     for stream in [corral_proc::Stream::Stdout, corral_proc::Stream::Stderr] {
         let held = follow.partial_line(stream);
         if let Some(out) = follow.take_output(stream) {
+            if out.dropped > 0 {
+                // The oldest output is gone from the ring (it is bounded): say so before what is left.
+                events.push(
+                    SseEvent::default()
+                        .event("truncated")
+                        .data(json!({"stream": stream.as_str(), "dropped": out.dropped}).to_string()),
+                );
+            }
             let mut bytes = out.bytes;
             bytes.truncate(bytes.len().saturating_sub(held));
             let mut splitter = corral_proc::LineSplitter::new(corral_proc::DEFAULT_LINE_MAX);
