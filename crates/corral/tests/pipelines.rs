@@ -213,3 +213,36 @@ async fn pipeline_run_waits_for_the_daemon_to_come_back_and_reports_the_end() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("2 passed"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_pipeline_run_cancels_the_pipeline() {
+    let daemon = Daemon::start().await;
+    let file = daemon.dir.0.join("pipeline.toml");
+    std::fs::write(
+        &file,
+        "[[step]]\nname = \"long\"\ncommand = [\"sleep\", \"300\"]\n[[step]]\nname = \"after\"\ncommand = [\"true\"]\nafter = [\"long\"]\n",
+    )
+    .expect("UNWRAP: write");
+    let cli = daemon.cli_background(&["pipeline", "run", file.to_str().expect("UNWRAP: utf8")]);
+    wait_until("step long runs", || async {
+        let (_, list) = daemon.get("/processes?label=step%3Dlong&state=running").await;
+        list.as_array().is_some_and(|l| !l.is_empty())
+    })
+    .await;
+    cli.signal("INT");
+    let (status, _, stderr) = cli.finish().await;
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let id = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("pipeline "))
+        .expect("UNWRAP: the id is printed")
+        .trim()
+        .to_owned();
+    let (_, body) = daemon.get(&format!("/pipelines/{id}")).await;
+    assert_eq!(body["state"], "finished", "{body}");
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["steps"][0]["status"], "cancelled", "{body}");
+    assert_eq!(body["steps"][1]["status"], "cancelled", "{body}");
+    let (_, list) = daemon.get("/processes?label=step%3Dlong").await;
+    assert_eq!(list[0]["state"], "interrupted", "the step's process is stopped: {list}");
+}

@@ -406,6 +406,14 @@ pub(crate) struct Background {
 }
 
 impl Background {
+    /// Sends it a signal by name (`INT`, `TERM`).
+    pub(crate) fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
     /// What it wrote to stderr so far.
     pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -510,12 +510,21 @@ pub(crate) async fn pipeline(client: &Client, command: PipelineCommand, json: bo
                 .map_err(|err| anyhow::anyhow!("{}: {err}", args.file.display()))?;
             let base = args.file.parent().map(|p| p.to_owned()).unwrap_or_default();
             let spec = crate::daemon::pipelines::resolve_dirs(spec, &base);
+            let mut signals = crate::client::progress::Interrupts::install()?;
             let created: crate::api::PipelineCreated = client.call(Method::POST, "/pipelines", Some(&spec)).await?;
-            let status = crate::client::progress::follow_pipeline(client, &created.id, json).await?;
+            if !json {
+                errln!("pipeline {}", created.id);
+            }
+            let status = crate::client::progress::follow_pipeline(client, &created.id, json, &mut signals).await?;
             if json {
                 print_json(&status)?;
             }
-            Ok(pipeline_exit(&status))
+            // As a shell reports a command ended by Ctrl-C.
+            Ok(if signals.cancelled {
+                ExitCode::from(130)
+            } else {
+                pipeline_exit(&status)
+            })
         }
     }
 }

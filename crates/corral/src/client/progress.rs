@@ -8,8 +8,42 @@ use serde_json::Value;
 
 use crate::client::transport::Client;
 
-/// Polls the pipeline until it finishes, showing progress on stderr; returns the final status.
-pub(crate) async fn follow_pipeline(client: &Client, id: &str, quiet: bool) -> anyhow::Result<Value> {
+/// `SIGINT` and `SIGTERM`, installed before the pipeline is submitted: a Ctrl-C then cancels it instead of
+/// killing the command and leaving it to run unseen.
+pub(crate) struct Interrupts {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    /// Set once a signal came and the pipeline was cancelled.
+    pub(crate) cancelled: bool,
+}
+
+impl Interrupts {
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Interrupts {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            cancelled: false,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+/// Polls the pipeline until it finishes, showing progress on stderr; returns the final status. A Ctrl-C (or
+/// `SIGTERM`) cancels the pipeline (`DELETE /pipelines/{id}`: running steps are stopped, the rest never
+/// start); the status then comes once it has stopped.
+pub(crate) async fn follow_pipeline(
+    client: &Client,
+    id: &str,
+    quiet: bool,
+    signals: &mut Interrupts,
+) -> anyhow::Result<Value> {
     let path = format!("/pipelines/{id}");
     let terminal = std::io::stderr().is_terminal() && !quiet;
     let started = Instant::now();
@@ -50,7 +84,22 @@ pub(crate) async fn follow_pipeline(client: &Client, id: &str, quiet: bool) -> a
             }
             return Ok(status);
         }
-        tokio::time::sleep(Duration::from_millis(if terminal { 100 } else { 200 })).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(if terminal { 100 } else { 200 })) => {}
+            _ = signals.recv() => {
+                if !signals.cancelled {
+                    signals.cancelled = true;
+                    errln!("corral: cancelling pipeline {id}: its running steps are stopped");
+                    let client = client.clone();
+                    let path = path.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = client.send(hyper::Method::DELETE, &path, None).await {
+                            errln!("corral: cannot cancel the pipeline: {err:#}");
+                        }
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -33,8 +33,8 @@ pub(crate) fn document() -> Value {
             "/exec/{tool}/{cmd}": {"post": op("Run a declared command with a JSON object of string args → 202 {job_id, status: accepted}. With ?wait=30s (at most 5m) the same request waits for the job: 200 with the job JSON of GET /exec/jobs/{id} once it finished, else 202 with the job JSON so far (status accepted, queued or running)")},
             "/exec/jobs/{id}": {"get": op("One job: {job_id, tool, command, status, exit_code, stdout, stderr, truncated, duration_ms, error}; ?wait=30s long-polls until finished"), "delete": op("Cancel a job (its process tree is stopped)")},
             "/exec/jobs/{id}/stream": {"get": op("Server-sent events of a job: status changes and output lines, until it is finished")},
-            "/pipelines": {"post": op("Run a pipeline spec (JSON form of the TOML file) → {id}")},
-            "/pipelines/{id}": {"get": op("Per-step status of a pipeline")}
+            "/pipelines": {"post": op("Run a pipeline spec (JSON form of the TOML file) as a durable task → {id}")},
+            "/pipelines/{id}": {"get": op("Per-step status of a pipeline"), "delete": op("Cancel a pipeline (it stays readable)")}
         },
         "components": {"schemas": {"Error": {
             "type": "object",

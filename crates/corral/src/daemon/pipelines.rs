@@ -5,7 +5,8 @@
 //! where it was (no ended step runs twice). Each step runs as a managed process (source `pipeline`, labels
 //! `pipeline=<id>`, `step=<name>` and `task=<id>`), so it has a durable record, shows in `corral ps`, and is
 //! stopped with the daemon. `GET /pipelines/{id}` shows the live run while it goes on in this daemon, and
-//! otherwise what the task's record says (queued, or its per-step result once finished).
+//! otherwise what the task's record says (queued, or its per-step result once finished); `DELETE
+//! /pipelines/{id}` cancels it.
 
 use std::path::Path;
 
@@ -151,7 +152,21 @@ pub(crate) fn resolve_dirs(mut spec: PipelineSpec, base: &Path) -> PipelineSpec 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/pipelines", post(create))
-        .route("/pipelines/{id}", get(status))
+        .route("/pipelines/{id}", get(status).delete(cancel))
+}
+
+/// `DELETE /pipelines/{id}`: cancels it (running steps are stopped, the rest never start); the pipeline
+/// stays readable, `cancelled`.
+async fn cancel(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>, AppError> {
+    let pipelines = &state.inner.pipelines;
+    if pipelines.status(&id)?.is_none() {
+        return Err(AppError::not_found(format!("no pipeline with id {id}")));
+    }
+    pipelines.tasks.cancel(&id).await?;
+    pipelines
+        .status(&id)?
+        .map(Json)
+        .ok_or_else(|| AppError::not_found(format!("no pipeline with id {id}")))
 }
 
 async fn create(State(state): State<AppState>, ApiJson(spec): ApiJson<Value>) -> Result<Response, AppError> {
