@@ -120,6 +120,14 @@ pub(crate) struct OutputJson {
     pub(crate) stdout_truncated: bool,
     pub(crate) stderr_truncated: bool,
     pub(crate) state: String,
+    /// False when this daemon holds no output of the process (it ended, or was found, before the daemon's
+    /// restart: output lives in memory, bounded, and only exec jobs and tasks mirror theirs to disk).
+    #[serde(default = "kept_by_default")]
+    pub(crate) kept: bool,
+}
+
+fn kept_by_default() -> bool {
+    true
 }
 
 /// One line in `GET /processes/{id}/output?follow=true` (SSE event `output`).

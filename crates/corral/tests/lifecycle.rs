@@ -162,8 +162,10 @@ async fn kill_9_then_restart_comes_up_healthy_with_no_record_left_running() {
         .post("/processes", json!({"command": ["sh", "-c", script]}))
         .await;
     let later_id = later["id"].as_str().expect("UNWRAP: id").to_owned();
-    wait_until("early is captured", || async {
+    let short_id = short["id"].as_str().expect("UNWRAP: id").to_owned();
+    wait_until("early is captured and the short one ended", || async {
         daemon.get(&format!("/processes/{later_id}/output")).await.1["stdout"] == "early\n"
+            && daemon.get(&format!("/processes/{short_id}")).await.1["state"] == "completed"
     })
     .await;
     daemon.kill9();
@@ -180,6 +182,15 @@ async fn kill_9_then_restart_comes_up_healthy_with_no_record_left_running() {
     // It ended while no daemon ran; the keeper kept its exit status.
     assert_eq!(record["state"], "completed", "{record}");
     assert_eq!(record["exit_code"], 0, "{record}");
+    // The one that ended before the crash: its output was in the killed daemon's memory, and that is said.
+    let (_, output) = daemon.get(&format!("/processes/{short_id}/output")).await;
+    assert_eq!(output["kept"], false, "{output}");
+    let logs = daemon.cli(&["logs", &short_id]);
+    assert!(
+        String::from_utf8_lossy(&logs.stderr).contains("holds no output"),
+        "{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
     // The one still alive is recovered: still running, and stoppable, never by pid alone.
     let forever_id = forever["id"].as_str().expect("UNWRAP: id");
     let (_, record) = daemon.get(&format!("/processes/{forever_id}")).await;

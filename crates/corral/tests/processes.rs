@@ -483,6 +483,31 @@ async fn corral_run_follows_its_process_across_a_daemon_crash() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_run_stdin_says_what_a_daemon_crash_cut_off() {
+    let mut daemon = Daemon::start().await;
+    let (cli, mut input) = daemon.cli_background_piped(&["run", "-i", "--label", "test=stdin-crash", "--", "cat"]);
+    std::io::Write::write_all(&mut input, b"one\n").expect("UNWRAP: write");
+    wait_until("the first line went through", || async {
+        let (_, list) = daemon.get("/processes?label=test%3Dstdin-crash").await;
+        let Some(id) = list[0]["id"].as_str() else { return false };
+        daemon.get(&format!("/processes/{id}/output")).await.1["stdout"] == "one\n"
+    })
+    .await;
+    daemon.kill9();
+    std::io::Write::write_all(&mut input, b"two\n").expect("UNWRAP: write");
+    drop(input);
+    wait_until("the CLI says what was cut off", || async {
+        cli.stderr().contains("stdin was closed after 4 bytes")
+    })
+    .await;
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (status, stdout, stderr) = cli.finish().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout, "one\n", "{stderr}");
+}
+
 /// Waits for `cli` to exit, failing the test if it is still running after `deadline`.
 async fn exit_within(cli: &mut std::process::Child, deadline: Duration, when: &str) -> std::process::ExitStatus {
     let start = Instant::now();

@@ -189,11 +189,22 @@ impl Daemon {
 
     /// Starts the CLI against this daemon in the background; its stderr is read as it comes.
     pub(crate) fn cli_background(&self, args: &[&str]) -> Background {
+        self.cli_background_with(args, Stdio::null())
+    }
+
+    /// [`Daemon::cli_background`] with its stdin a pipe, and the pipe's write end.
+    pub(crate) fn cli_background_piped(&self, args: &[&str]) -> (Background, std::process::ChildStdin) {
+        let mut background = self.cli_background_with(args, Stdio::piped());
+        let stdin = background.child.stdin.take().expect("UNWRAP: piped");
+        (background, stdin)
+    }
+
+    fn cli_background_with(&self, args: &[&str], stdin: Stdio) -> Background {
         let mut command = Command::new(bin());
         command.arg("--socket").arg(&self.socket).args(args);
         isolate(&mut command, &self.dir.0);
         let mut child = command
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -255,10 +255,20 @@ fn forward_stdin(client: &Client, id: &str) {
     let client = client.clone();
     let path = format!("/processes/{}/stdin", enc(id));
     tokio::spawn(async move {
+        let mut delivered = 0usize;
         while let Some(chunk) = receiver.recv().await {
-            if client.post_bytes(&path, chunk).await.is_err() {
+            let len = chunk.len();
+            if let Err(err) = client.post_bytes(&path, chunk).await {
+                // The process no longer reads (an error answer): nothing to say. No answer at all: the daemon
+                // went away, and a process's stdin pipe goes with it (the process reads its end).
+                if err.downcast_ref::<crate::client::transport::ApiError>().is_none() {
+                    errln!(
+                        "corral: lost the daemon; the process's stdin was closed after {delivered} bytes, the rest of this input was not delivered"
+                    );
+                }
                 return;
             }
+            delivered += len;
         }
         let _ = client.post_bytes(&format!("{path}?close=true"), Vec::new()).await;
     });
@@ -385,6 +395,13 @@ pub(crate) async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow:
     if json {
         print_json(&output)?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if !output.kept {
+        errln!(
+            "corral: the daemon holds no output of process {} ({}): it ended or was found before the daemon's restart",
+            output.id,
+            output.state
+        );
     }
     let tail = |text: &str| -> String {
         match args.tail {

@@ -666,7 +666,9 @@ async fn process_output(
     if follow {
         return Ok(follow_output(state, id).await.into_response());
     }
-    let (stdout, stderr) = state.inner.processes.output(&id).unwrap_or((None, None));
+    let held = state.inner.processes.output(&id);
+    let kept = held.is_some();
+    let (stdout, stderr) = held.unwrap_or((None, None));
     let text = |o: &Option<corral_proc::CapturedOutput>| o.as_ref().map(|o| o.to_string_lossy()).unwrap_or_default();
     let cut = |o: &Option<corral_proc::CapturedOutput>| o.as_ref().is_some_and(|o| o.is_truncated());
     Ok(Json(OutputJson {
@@ -676,6 +678,7 @@ async fn process_output(
         stdout_truncated: cut(&stdout),
         stderr_truncated: cut(&stderr),
         state: record.state.as_str().to_owned(),
+        kept,
     })
     .into_response())
 }
