@@ -169,7 +169,11 @@ impl StepLauncher for ManagedLauncher {
             let started = std::time::Instant::now();
             let record = match self.processes.start(request).await {
                 Ok(record) => record,
-                Err(ProcessesError::Spawn { error, .. }) => return StepRun::failed_to_start(error, started.elapsed()),
+                // The step's report says "failed to start" itself.
+                Err(ProcessesError::Spawn { error, .. }) => {
+                    let reason = error.strip_prefix("failed to start: ").unwrap_or(&error);
+                    return StepRun::failed_to_start(reason, started.elapsed());
+                }
                 Err(err) => return StepRun::failed_to_start(err, started.elapsed()),
             };
             let Some(process) = self.processes.process(&record.id) else {

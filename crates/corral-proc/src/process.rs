@@ -255,6 +255,18 @@ impl CapturedOutput {
 
 /// Where `stream` of `command` is mirrored ([`Command::mirror_output`]): none without a mirror dir, a ring
 /// to refill, or an id that is a plain file name (letters, digits, `-`, `_`: never a path).
+/// Appends to what the keeper spooled a line saying how many bytes it had to drop after it (none: nothing).
+/// On a line of its own, also when the spool ends mid-line.
+fn mark_dropped(spooled: &mut Vec<u8>, dropped: u64) {
+    if dropped == 0 {
+        return;
+    }
+    if spooled.last().is_some_and(|byte| *byte != b'\n') {
+        spooled.push(b'\n');
+    }
+    spooled.extend_from_slice(format!("[corral: {dropped} bytes lost while the daemon was down]\n").as_bytes());
+}
+
 /// The first line of each captured stream of an adopted process that was not mirrored
 /// ([`Command::mirror_output`]): its output from before the adoption was in the earlier supervisor's memory.
 pub const LOST_BEFORE_ADOPTION: &str = "[corral: the daemon restarted; output written before that is not kept]\n";
@@ -517,11 +529,7 @@ impl Process {
                 )
                 .into_bytes()
             });
-            if stream.dropped > 0 {
-                spooled.extend_from_slice(
-                    format!("[corral: {} bytes lost while the daemon was down]\n", stream.dropped).as_bytes(),
-                );
-            }
+            mark_dropped(&mut spooled, stream.dropped);
             if let Some(path) = mirror_path(&command, which) {
                 let mut mirror = Mirror::new(path.clone(), command.ring_size, true);
                 mirror.write(&spooled);
@@ -1291,5 +1299,25 @@ impl Actor {
             Ok(_) => {}
             Err(err) => tracing::warn!(pgid = self.pgid, %signal, error = %err, "cannot signal process group"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mark_dropped;
+
+    #[test]
+    fn the_dropped_marker_is_a_line_of_its_own() {
+        let mut whole = b"a\nb\n".to_vec();
+        mark_dropped(&mut whole, 0);
+        assert_eq!(whole, b"a\nb\n", "nothing dropped, nothing said");
+        mark_dropped(&mut whole, 5);
+        assert_eq!(whole, b"a\nb\n[corral: 5 bytes lost while the daemon was down]\n");
+        let mut cut = b"a\n1656".to_vec();
+        mark_dropped(&mut cut, 7);
+        assert_eq!(cut, b"a\n1656\n[corral: 7 bytes lost while the daemon was down]\n");
+        let mut empty = Vec::new();
+        mark_dropped(&mut empty, 1);
+        assert_eq!(empty, b"[corral: 1 bytes lost while the daemon was down]\n");
     }
 }

@@ -43,6 +43,8 @@ async fn errors_are_json_with_a_code() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap_or("").contains("absolute"), "{body}");
+    let (status, body) = daemon.get("/processes/some-id/output?follow=yes").await;
+    assert_eq!(status, 400, "a flag is true or false, not silently false: {body}");
     let (status, body) = daemon.get("/processes?state=sideways").await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = request_unix(&daemon.socket, Method::DELETE, "/health", None, None)

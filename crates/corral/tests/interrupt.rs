@@ -14,9 +14,15 @@ fn alive(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupt_scopes_and_errors() {
     let daemon = Daemon::start().await;
-    let (status, err) = daemon.post("/interrupt", json!({})).await;
-    assert_eq!(status, 400, "{err}");
-    assert_eq!(err["code"], "empty_scope");
+    for empty in [
+        json!({}),
+        json!({"source": ""}),
+        json!({"process_id": "", "labels": {}}),
+    ] {
+        let (status, err) = daemon.post("/interrupt", empty.clone()).await;
+        assert_eq!(status, 400, "{empty}: {err}");
+        assert_eq!(err["code"], "empty_scope");
+    }
     let (status, err) = daemon
         .post("/interrupt", json!({"labels": {"session": "nobody"}}))
         .await;

@@ -452,7 +452,9 @@ impl Graph {
         let mut deps = vec![Vec::new(); n_steps];
         let mut dependents = vec![Vec::new(); n_steps];
         for (idx, step) in spec.steps.iter().enumerate() {
-            for after in &step.after {
+            // A name listed twice is one dependency, and one problem when it is one.
+            let mut listed = std::collections::HashSet::new();
+            for after in step.after.iter().filter(|after| listed.insert(after.as_str())) {
                 if *after == step.name {
                     issues.push(Issue::SelfDependency {
                         step: step.name.clone(),
@@ -629,7 +631,8 @@ mod tests {
             StepSpec::new("a", ["true"]),
             StepSpec::new("", ["true"]),
             StepSpec::new("b", Vec::<String>::new()),
-            StepSpec::new("c", [""]).after(["nope", "c"]),
+            // Listed twice, each is still one problem.
+            StepSpec::new("c", [""]).after(["nope", "c", "nope", "c"]),
         ]);
         spec.parallelism = Some(0);
         let found = issues(&spec);

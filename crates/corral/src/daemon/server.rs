@@ -194,9 +194,25 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
         .map_err(|err| AppError::bad_request("invalid_json", format!("invalid JSON body: {err}")))
 }
 
-/// Whether a query string sets the flag `name` (`name=true` or `name=1`).
-fn query_flag(query: Option<&str>, name: &str) -> bool {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes()).any(|(k, v)| k == name && (v == "true" || v == "1"))
+/// The flag `name` of a query string: `true`/`1` or `false`/`0`, absent is false; anything else is a 400
+/// rather than a silent false.
+fn query_flag(query: Option<&str>, name: &str) -> Result<bool, AppError> {
+    let mut set = false;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if key == name {
+            set = match value.as_ref() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                other => {
+                    return Err(AppError::bad_request(
+                        "invalid_query",
+                        format!("{name} must be true or false (got {other:?})"),
+                    ))
+                }
+            };
+        }
+    }
+    Ok(set)
 }
 
 /// Parses an optional duration field of a request, naming the field in the error.
@@ -552,10 +568,12 @@ async fn interrupt(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<crate::api::InterruptRequest>,
 ) -> Result<Json<crate::api::InterruptJson>, AppError> {
+    // An empty string narrows nothing: it is no scope (400), not a scope that matches nothing (404).
+    let given = |value: Option<String>| value.filter(|value| !value.is_empty());
     let scope = corral_core::processes::InterruptScope {
-        process_id: body.process_id,
+        process_id: given(body.process_id),
         labels: body.labels,
-        source: body.source,
+        source: given(body.source),
     };
     if scope.is_empty() {
         return Err(AppError::bad_request(
@@ -641,7 +659,7 @@ async fn stdin_process(
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.trim_start().starts_with("application/octet-stream"));
     let (data, close) = if raw {
-        let close = query_flag(query.as_deref(), "close");
+        let close = query_flag(query.as_deref(), "close")?;
         let bytes = Bytes::from_request(request, &state)
             .await
             .map_err(|rejection| AppError::new(rejection.status(), "bad_body", rejection.body_text()))?;
@@ -660,7 +678,7 @@ async fn process_output(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let follow = query_flag(query.as_deref(), "follow");
+    let follow = query_flag(query.as_deref(), "follow")?;
     let record = state.inner.processes.get(&id)?;
     let _ = headers;
     if follow {
