@@ -402,6 +402,11 @@ impl ProcessManager {
         };
         let process = match spawned {
             Ok(process) => process,
+            // Bad input, found before anything ran (a NUL in the argv, a bad environment name): refused, and
+            // nothing is recorded.
+            Err(err @ (corral_proc::SpawnError::EmptyCommand | corral_proc::SpawnError::InvalidArgument { .. })) => {
+                return Err(ProcessesError::Invalid(err.to_string()));
+            }
             Err(err) => {
                 let error = format!("failed to start: {err}");
                 let end = ProcessEnd {

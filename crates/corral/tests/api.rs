@@ -43,6 +43,17 @@ async fn errors_are_json_with_a_code() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap_or("").contains("absolute"), "{body}");
+    // Bad input is refused before anything runs, and leaves no record.
+    for bad in [
+        json!({"command": ["echo", "a\u{0}b"]}),
+        json!({"command": ["true"], "env": {"A=B": "x"}}),
+        json!({"command": ["true"], "dir": ""}),
+    ] {
+        let (status, body) = daemon.post("/processes", bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (_, list) = daemon.get("/processes").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
     let (status, body) = daemon.get("/processes/some-id/output?follow=yes").await;
     assert_eq!(status, 400, "a flag is true or false, not silently false: {body}");
     let (status, body) = daemon.get("/processes?state=sideways").await;
