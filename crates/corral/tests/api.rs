@@ -69,7 +69,11 @@ async fn errors_are_json_with_a_code() {
     match request_unix(&daemon.socket, Method::POST, "/processes", Some(huge), None).await {
         Ok((status, body)) => {
             assert_eq!(status, 413, "{body}");
-            assert!(body["code"].is_string());
+            assert_eq!(body["code"], "body_too_large", "{body}");
+            assert!(
+                body["error"].as_str().unwrap_or("").contains("1048576 bytes"),
+                "says the limit: {body}"
+            );
         }
         Err(err) => {
             let text = format!("{err:#}");

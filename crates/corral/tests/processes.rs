@@ -133,6 +133,10 @@ async fn a_follower_is_told_when_the_oldest_output_is_no_longer_kept() {
             .is_some_and(|s| s.ends_with("done\n"))
     })
     .await;
+    let logs = daemon.cli(&["logs", &id]);
+    let stderr = String::from_utf8_lossy(&logs.stderr);
+    assert!(stderr.contains("the start of stdout is not kept"), "{stderr}");
+    assert!(logs.stdout.ends_with(b"xxx\ndone\n"));
     let cli = daemon.cli_background(&["logs", "-f", &id]);
     wait_until("the follower is told", || async {
         cli.stderr().contains("are not kept")

@@ -396,6 +396,11 @@ pub(crate) async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow:
         print_json(&output)?;
         return Ok(ExitCode::SUCCESS);
     }
+    for (stream, cut) in [("stdout", output.stdout_truncated), ("stderr", output.stderr_truncated)] {
+        if cut {
+            errln!("corral: the start of {stream} is not kept (the daemon keeps the newest bytes only)");
+        }
+    }
     if !output.kept {
         errln!(
             "corral: the daemon holds no output of process {} ({}): it ended or was found before the daemon's restart",

@@ -126,6 +126,9 @@ fn report(id: &str, job: &Value, wait: bool, json: bool) -> anyhow::Result<ExitC
     if json {
         outln!("{}", serde_json::to_string_pretty(job)?);
     } else if wait {
+        if job.get("truncated").and_then(Value::as_bool) == Some(true) {
+            errln!("corral: job {id}: its output was cut to the newest bytes of each stream (the job keeps at most 1 MiB of each)");
+        }
         out!("{}", job.get("stdout").and_then(Value::as_str).unwrap_or(""));
         err!("{}", job.get("stderr").and_then(Value::as_str).unwrap_or(""));
         if let Some(error) = job.get("error").and_then(Value::as_str) {

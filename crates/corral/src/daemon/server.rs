@@ -165,11 +165,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| AppError::new(rejection.status(), "bad_body", rejection.body_text()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// A body that could not be read, in our error shape; one over the limit says the limit.
+fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> AppError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return AppError::new(
+            status,
+            "body_too_large",
+            format!("the request body is larger than the limit of {} bytes", BODY_LIMIT),
+        );
+    }
+    AppError::new(status, "bad_body", rejection.body_text())
 }
 
 /// Parses a JSON body; an empty body means the type's default (for optional bodies).
@@ -179,9 +190,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| AppError::new(rejection.status(), "bad_body", rejection.body_text()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
@@ -660,9 +669,7 @@ async fn stdin_process(
         .is_some_and(|value| value.trim_start().starts_with("application/octet-stream"));
     let (data, close) = if raw {
         let close = query_flag(query.as_deref(), "close")?;
-        let bytes = Bytes::from_request(request, &state)
-            .await
-            .map_err(|rejection| AppError::new(rejection.status(), "bad_body", rejection.body_text()))?;
+        let bytes = Bytes::from_request(request, &state).await.map_err(body_rejection)?;
         (bytes, close)
     } else {
         let ApiJson(body) = ApiJson::<StdinRequest>::from_request(request, &state).await?;
