@@ -73,11 +73,10 @@ impl Pipelines {
 /// (cancelled, or its params no longer valid). Steps come from the spec, as the task's status has them.
 fn recorded_status(record: &TaskRecord) -> Value {
     let spec: Option<PipelineSpec> = serde_json::from_value(record.params.clone()).ok();
-    let (name, steps) = match &spec {
+    let (name, mut steps): (_, Vec<StepResult>) = match &spec {
         Some(spec) => (spec.name.clone(), spec.steps.iter().map(StepResult::pending).collect()),
         None => (None, Vec::new()),
     };
-    let mut steps: Vec<StepResult> = steps;
     if record.status.is_terminal() {
         for step in &mut steps {
             step.status = StepStatus::Cancelled;
