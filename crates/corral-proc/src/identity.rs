@@ -131,13 +131,22 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
 pub fn read_stat(pid: u32) -> Result<Option<ProcStat>, IdentityError> {
     let path = format!("/proc/{pid}/stat");
     match read_small(&path) {
-        Ok(text) => parse_stat(&text).map(Some).ok_or_else(|| IdentityError::Proc {
-            path,
-            source: io::Error::new(io::ErrorKind::InvalidData, "unparsable stat line"),
-        }),
+        Ok(text) => stat_of(&text, path),
         Err(err) if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH) => Ok(None),
         Err(source) => Err(IdentityError::Proc { path, source }),
     }
+}
+
+/// A stat file's text read for `path`. Empty means the process went away between the open and the read
+/// (procfs then reads nothing): gone, like a missing file, not an error.
+fn stat_of(text: &str, path: String) -> Result<Option<ProcStat>, IdentityError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_stat(text).map(Some).ok_or_else(|| IdentityError::Proc {
+        path,
+        source: io::Error::new(io::ErrorKind::InvalidData, "unparsable stat line"),
+    })
 }
 
 /// Reads a small procfs file in one `read` where it fits in 1 KiB (a stat line does): procfs reports a size
@@ -309,6 +318,15 @@ impl Pidfd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stat_file_read_empty_is_a_process_gone_not_an_error() {
+        // A process reaped between the open and the read: procfs reads nothing. A CI run of
+        // `kill_stops_the_whole_group_at_once` failed on it ("unparsable stat line").
+        assert!(matches!(stat_of("", "/proc/1/stat".into()), Ok(None)));
+        assert!(matches!(stat_of("\n", "/proc/1/stat".into()), Ok(None)));
+        assert!(stat_of("garbage", "/proc/1/stat".into()).is_err());
+    }
 
     #[test]
     fn read_small_reads_short_and_long_files_whole() {
