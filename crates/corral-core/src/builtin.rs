@@ -117,7 +117,8 @@ impl TaskHandler for ProcessTask {
                 .into_iter()
                 .next()
                 .ok_or_else(|| TaskError::new("no process to resume"))?;
-            let (process, _) = follow(&processes, &id, &context, grace, None).await?;
+            let deadline = resume_deadline(&processes, &id, params.timeout);
+            let (process, _) = follow(&processes, &id, &context, grace, deadline).await?;
             process_task_result(&processes, &id, &process)
         })
     }
@@ -185,7 +186,7 @@ async fn follow(
         }
         _ = tokio::time::sleep_until(deadline.unwrap_or_else(never)), if deadline.is_some() => {
             timed_out = true;
-            let _ = processes.stop(id, Some(grace)).await;
+            let _ = processes.stop_timed_out(id, Some(grace)).await;
         }
     }
     let mut finished = process.wait().await;
@@ -196,13 +197,26 @@ async fn follow(
     Ok((process, finished))
 }
 
+/// When a resumed run's process `id` must be stopped: `timeout` counted from the process's start, not from
+/// the resume (a timeout the crash interrupted is not restarted). `None` without a timeout.
+fn resume_deadline(processes: &ProcessManager, id: &str, timeout: Option<Duration>) -> Option<tokio::time::Instant> {
+    let timeout = timeout?;
+    let started_ms = processes
+        .get(id)
+        .map(|record| record.started_at.unwrap_or(record.created_at))
+        .unwrap_or_else(|_| crate::events::now_ms());
+    let running_for = Duration::from_millis((crate::events::now_ms() - started_ms).max(0) as u64);
+    Some(tokio::time::Instant::now() + timeout.saturating_sub(running_for))
+}
+
 /// `pipeline`: params are a pipeline spec (the JSON form of a pipeline file); completed when no required
 /// step failed; the per-step results in the result.
 ///
-/// A run cut by a crash or a stop of the daemon goes on where it was: steps that completed are not run again,
-/// a step whose process survived is waited for, the others run (see
+/// A run cut by a crash of the daemon goes on where it was: steps that ended keep their end (passed or
+/// failed), a step whose process survived is waited for, the others run (see
 /// [`ManagedLauncher::reuse_earlier_runs`]); a step whose process did not survive (no keeper) runs again.
-/// Submitted again after it failed, a pipeline runs its failed and skipped steps only.
+/// Submitted again after it failed, or queued again by a clean stop of the daemon, a pipeline keeps its
+/// completed steps and runs the others, failed ones included.
 pub struct PipelineTask {
     processes: ProcessManager,
     runs: PipelineRuns,
@@ -312,12 +326,26 @@ impl TaskHandler for PipelineTask {
         true
     }
 
-    /// The run itself: its launcher finds the surviving step processes by their labels.
-    fn resume(&self, params: Value, context: TaskContext, _processes: Vec<String>) -> TaskFuture {
-        self.run(params, context)
+    /// Between two steps the run has no process, and still goes on where it was.
+    fn resumes_without_processes(&self) -> bool {
+        true
     }
 
+    /// The run again, its launcher finding the surviving step processes by their labels; a step that ended
+    /// before the crash, failed or not, keeps its end (its dependents as that end decides).
+    fn resume(&self, params: Value, context: TaskContext, _processes: Vec<String>) -> TaskFuture {
+        self.start(params, context, true)
+    }
+
+    /// A run from scratch, or again after the task failed (submitted again): steps that completed in an
+    /// earlier run are not run again, failed ones are.
     fn run(&self, params: Value, context: TaskContext) -> TaskFuture {
+        self.start(params, context, false)
+    }
+}
+
+impl PipelineTask {
+    fn start(&self, params: Value, context: TaskContext, resumed: bool) -> TaskFuture {
         let (processes, runs) = (self.processes.clone(), self.runs.clone());
         Box::pin(async move {
             let spec: PipelineSpec =
@@ -326,7 +354,7 @@ impl TaskHandler for PipelineTask {
             // Steps are labelled `pipeline=<task id>` (the id `POST /pipelines` answers) and `task=<id>`.
             let launcher = ManagedLauncher::new(processes, context.id())
                 .labels(BTreeMap::from([("task".to_owned(), context.id().to_owned())]))
-                .reuse_earlier_runs();
+                .reuse_earlier_runs(resumed);
             let runner = Runner::new(launcher).cancel_token(context.cancel_token().clone());
             let result = runs.run(context.id(), runner, pipeline).await;
             let value = serde_json::to_value(&result).unwrap_or(Value::Null);
@@ -656,16 +684,12 @@ impl TaskHandler for ExecTask {
                 .into_iter()
                 .next()
                 .ok_or_else(|| TaskError::new("no process to resume"))?;
-            let record = processes.get(&id).map_err(|e| TaskError::new(e.to_string()))?;
-            let started_ms = record.started_at.unwrap_or(record.created_at);
-            let running_for = Duration::from_millis((crate::events::now_ms() - started_ms).max(0) as u64);
             // The command's timeout still counts from the start, if it is still declared.
             let timeout = registry
                 .current()
                 .lookup(&params.tool, &params.command)
                 .map(|spec| spec.timeout());
-            let deadline =
-                timeout.map(|t| tokio::time::Instant::now() + t.checked_sub(running_for).unwrap_or(Duration::ZERO));
+            let deadline = resume_deadline(&processes, &id, timeout);
             let (process, finished) = follow(&processes, &id, &context, DEFAULT_GRACE, deadline).await?;
             exec_result(
                 &id,

@@ -253,6 +253,10 @@ struct Inner {
     finished: Mutex<FinishedCache>,
     /// Where output of `durable_output` processes is mirrored ([`ProcessManager::set_output_mirror`]).
     mirror_dir: std::sync::OnceLock<PathBuf>,
+    /// Ids re-attached through the keeper by [`ProcessManager::reconcile`], whether they still run or not.
+    reattached: Mutex<std::collections::HashSet<String>>,
+    /// Ids being stopped by [`ProcessManager::stop_timed_out`]: their end is recorded as a timeout.
+    timing_out: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Handles of finished processes are kept for their output, within a count and a byte budget.
@@ -291,6 +295,8 @@ impl ProcessManager {
                 reasons: Mutex::new(HashMap::new()),
                 finished: Mutex::new(FinishedCache::default()),
                 mirror_dir: std::sync::OnceLock::new(),
+                reattached: Mutex::new(std::collections::HashSet::new()),
+                timing_out: Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -508,7 +514,16 @@ impl ProcessManager {
     /// built from that instead of read back.
     fn record_end_from(&self, id: &str, started: Option<ProcessRecord>, mut end: ProcessEnd, killed: bool) {
         let reason = self.inner.reasons.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-        if let (ProcessState::Interrupted, Some(reason)) = (end.state, reason) {
+        let timed_out = self
+            .inner
+            .timing_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if end.state == ProcessState::Interrupted && timed_out {
+            end.state = ProcessState::Failed;
+            end.error = Some("timed out".to_owned());
+        } else if let (ProcessState::Interrupted, Some(reason)) = (end.state, reason) {
             end.error = Some(format!("interrupted: {reason}"));
         }
         let record = match self.inner.store.finish_process(id, &end) {
@@ -616,6 +631,24 @@ impl ProcessManager {
         self.get(id)
     }
 
+    /// [`ProcessManager::stop`] because a timeout kept outside corral-proc passed (that of a run resumed
+    /// after a restart, whose process was started before it): the end is recorded as corral-proc's own
+    /// timeout records it, `failed` with the error "timed out".
+    pub async fn stop_timed_out(&self, id: &str, grace: Option<Duration>) -> Result<ProcessRecord, ProcessesError> {
+        self.inner
+            .timing_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned());
+        let stopped = self.stop(id, grace).await;
+        self.inner
+            .timing_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        stopped
+    }
+
     /// Writes to the process's stdin (it must have been started with `stdin: true`).
     pub async fn write_stdin(&self, id: &str, data: &[u8], close: bool) -> Result<(), ProcessesError> {
         let Handle::Live { process, .. } = self.live_handle(id)? else {
@@ -676,6 +709,17 @@ impl ProcessManager {
     /// recovered (an earlier daemon's own child, exit status unknown), a finished or an unknown one.
     pub fn is_reattached(&self, id: &str) -> bool {
         matches!(self.handle(id), Some(handle @ Handle::Live { .. }) if !handle.is_recorded())
+    }
+
+    /// True if `id` was re-attached through the keeper when this daemon started ([`ProcessManager::reconcile`]),
+    /// whether it still runs or ended since (also while no daemon ran): its exit status is known, and its
+    /// handle ([`ProcessManager::process`]) reports it.
+    pub fn was_reattached(&self, id: &str) -> bool {
+        self.inner
+            .reattached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     /// Waits until the record of `id` holds its terminal state.
@@ -816,11 +860,13 @@ impl ProcessManager {
         };
         let tracker = Arc::new(Tracker::default());
         let mut command = Command::new(&argv).id(record.id.as_str()).grace(DEFAULT_GRACE);
-        // A process whose output was mirrored (`durable_output`) gets it back, and goes on mirroring.
+        // A process whose output was mirrored (`durable_output`) gets it back, and goes on mirroring. One that
+        // wrote nothing has no mirror file yet: exec jobs and process tasks (sources `exec`, `task`) mirror.
         if let Some(dir) = self.inner.mirror_dir.get() {
-            let mirrored = ["stdout", "stderr", "stdout.1", "stderr.1"]
-                .iter()
-                .any(|suffix| dir.join(format!("{}.{suffix}", record.id)).exists());
+            let mirrored = matches!(record.source.as_str(), "exec" | "task")
+                || ["stdout", "stderr", "stdout.1", "stderr.1"]
+                    .iter()
+                    .any(|suffix| dir.join(format!("{}.{suffix}", record.id)).exists());
             if mirrored {
                 command = command.mirror_output(dir);
             }
@@ -840,6 +886,11 @@ impl ProcessManager {
                 tracker: tracker.clone(),
             },
         );
+        self.inner
+            .reattached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.id.clone());
         if let Some(finished) = tracker.started() {
             self.finish_live(&process, &finished, &tracker);
         }

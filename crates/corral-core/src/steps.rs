@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use corral_proc::{Process, Stream};
+use corral_proc::{Process, Signal, Stream};
 use corral_store::{ProcessFilter, ProcessRecord, ProcessState};
 
 use crate::pipeline::{LaunchFuture, StepContext, StepEnd, StepFailure, StepLauncher, StepRun, StepSpec};
@@ -20,19 +20,20 @@ pub struct ManagedLauncher {
     pipeline_id: String,
     labels: BTreeMap<String, String>,
     source: String,
-    reuse: bool,
+    /// `None`: run every step; `Some(false)`: reuse completed earlier runs; `Some(true)`: failed ones too.
+    reuse: Option<bool>,
 }
 
 /// What the records say of an earlier run of a step (see [`ManagedLauncher::reuse_earlier_runs`]).
 enum Earlier {
     /// Its process is still running and watched by this daemon (re-attached after a crash).
     Live(String, Process, ProcessRecord),
-    /// It completed (exit code 0).
-    Completed(ProcessRecord),
+    /// It ended with a known status: completed, or (when failed runs are reused) failed.
+    Ended(ProcessRecord),
 }
 
 /// The output tail of a step taken from its record: its output was in an earlier daemon's memory.
-pub const OUTPUT_NOT_KEPT: &str = "[corral: this step completed in an earlier run; its output is not kept]";
+pub const OUTPUT_NOT_KEPT: &str = "[corral: this step ended in an earlier run; its output is not kept]";
 
 impl ManagedLauncher {
     /// A launcher for the pipeline run `pipeline_id`.
@@ -42,18 +43,19 @@ impl ManagedLauncher {
             pipeline_id: pipeline_id.into(),
             labels: BTreeMap::new(),
             source: "pipeline".into(),
-            reuse: false,
+            reuse: None,
         }
     }
 
     /// Before starting a step, looks in the process records for an earlier run of it by this launcher
-    /// (same labels, `step=<name>`), so that a pipeline run again (after a crash or a stop of the daemon,
-    /// or submitted again after it failed) goes on where it was: a step that completed is not run again, a
-    /// step whose process survived a crash (re-attached) is waited for (its timeout counted from its
-    /// start), and the others run: never started, cut by the crash or the stop, or failed (a retry). Only
-    /// sound when the labels name one pipeline run (a task id), never shared by two runs.
-    pub fn reuse_earlier_runs(mut self) -> Self {
-        self.reuse = true;
+    /// (same labels, `step=<name>`), so that a pipeline run again goes on where it was: a step that completed
+    /// is not run again, nor one that failed when `failed_too` (a run resumed after a crash of the daemon,
+    /// whose ended steps must keep their end, not when the pipeline is retried); a step whose process
+    /// survived a crash (re-attached) is waited for (its timeout counted from its start); the others run:
+    /// never started, cut by the crash or a stop, or failed when not `failed_too`. Only sound when the labels
+    /// name one pipeline run (a task id), never shared by two runs.
+    pub fn reuse_earlier_runs(mut self, failed_too: bool) -> Self {
+        self.reuse = Some(failed_too);
         self
     }
 
@@ -77,8 +79,10 @@ impl ManagedLauncher {
                 return None;
             }
         };
+        let failed_too = self.reuse == Some(true);
         match record.state {
-            ProcessState::Completed => Some(Earlier::Completed(record)),
+            ProcessState::Completed => Some(Earlier::Ended(record)),
+            ProcessState::Failed if failed_too => Some(Earlier::Ended(record)),
             // A live record this daemon does not watch (recovered without a keeper) is stopped by the task
             // engine before a run again; it then reads `interrupted` and runs again.
             ProcessState::Running | ProcessState::Interrupting => self
@@ -114,7 +118,7 @@ impl ManagedLauncher {
             }
             _ = timer => {
                 timed_out = true;
-                let _ = self.processes.stop(id, Some(context.grace)).await;
+                let _ = self.processes.stop_timed_out(id, Some(context.grace)).await;
                 process.wait().await
             }
         };
@@ -136,9 +140,9 @@ impl ManagedLauncher {
 impl StepLauncher for ManagedLauncher {
     fn launch<'a>(&'a self, step: &'a StepSpec, context: StepContext) -> LaunchFuture<'a> {
         Box::pin(async move {
-            if self.reuse {
+            if self.reuse.is_some() {
                 match self.earlier_run(step) {
-                    Some(Earlier::Completed(record)) => return completed_run(&record),
+                    Some(Earlier::Ended(record)) => return step_run_of(&record, step),
                     Some(Earlier::Live(id, process, record)) => {
                         let running_for = Duration::from_millis(
                             (crate::events::now_ms() - record.started_at.unwrap_or(record.created_at)).max(0) as u64,
@@ -185,13 +189,27 @@ impl StepLauncher for ManagedLauncher {
     }
 }
 
-/// The report of a step that completed in an earlier run, from its process's record.
-fn completed_run(record: &ProcessRecord) -> StepRun {
+/// A step's report from the record of its process that ended in an earlier run.
+fn step_run_of(record: &ProcessRecord, step: &StepSpec) -> StepRun {
     let started = record.started_at.unwrap_or(record.created_at);
+    let duration = Duration::from_millis((record.ended_at.unwrap_or(started) - started).max(0) as u64);
+    let end = if record.state == ProcessState::Completed {
+        StepEnd::Passed
+    } else if record.error.as_deref() == Some("timed out") {
+        StepEnd::Failed(StepFailure::TimedOut(step.timeout.unwrap_or(duration)))
+    } else if let Some(code) = record.exit_code {
+        StepEnd::Failed(StepFailure::ExitCode(code))
+    } else if let Some(signal) = record.signal.as_deref().and_then(Signal::from_name) {
+        StepEnd::Failed(StepFailure::Signal(signal))
+    } else {
+        StepEnd::Failed(StepFailure::Other(
+            record.error.clone().unwrap_or_else(|| "failed".to_owned()),
+        ))
+    };
     StepRun {
-        end: StepEnd::Passed,
+        end,
         exit_code: record.exit_code,
-        duration: Duration::from_millis((record.ended_at.unwrap_or(started) - started).max(0) as u64),
+        duration,
         output_tail: OUTPUT_NOT_KEPT.to_owned(),
     }
 }
@@ -206,4 +224,55 @@ pub fn output_tail(process: &corral_proc::Process, max: usize) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::PipelineSpec;
+
+    fn ended(state: ProcessState, exit_code: Option<i32>, signal: Option<&str>, error: Option<&str>) -> ProcessRecord {
+        ProcessRecord {
+            state,
+            exit_code,
+            signal: signal.map(str::to_owned),
+            error: error.map(str::to_owned),
+            started_at: Some(1_000),
+            ended_at: Some(3_500),
+            ..ProcessRecord::new("p", "pipeline", vec!["x".into()], 900)
+        }
+    }
+
+    #[test]
+    fn a_step_report_from_its_record_says_how_it_ended() {
+        let spec = PipelineSpec::from_toml_str("[[step]]\nname = \"s\"\ncommand = [\"x\"]\ntimeout = \"2s\"\n")
+            .expect("UNWRAP: valid");
+        let step = &spec.steps[0];
+        let cases = [
+            (ended(ProcessState::Completed, Some(0), None, None), StepEnd::Passed),
+            (
+                ended(ProcessState::Failed, Some(3), None, Some("exited with code 3")),
+                StepEnd::Failed(StepFailure::ExitCode(3)),
+            ),
+            (
+                ended(ProcessState::Failed, None, Some("TERM"), Some("timed out")),
+                StepEnd::Failed(StepFailure::TimedOut(Duration::from_secs(2))),
+            ),
+            (
+                ended(ProcessState::Failed, None, Some("KILL"), Some("killed by signal KILL")),
+                StepEnd::Failed(StepFailure::Signal(Signal::KILL)),
+            ),
+            (
+                ended(ProcessState::Failed, None, None, Some("exit status unknown")),
+                StepEnd::Failed(StepFailure::Other("exit status unknown".into())),
+            ),
+        ];
+        for (record, end) in cases {
+            let run = step_run_of(&record, step);
+            assert_eq!(run.end, end, "{record:?}");
+            assert_eq!(run.exit_code, record.exit_code);
+            assert_eq!(run.duration, Duration::from_millis(2_500));
+            assert_eq!(run.output_tail, OUTPUT_NOT_KEPT);
+        }
+    }
 }

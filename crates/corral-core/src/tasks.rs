@@ -215,6 +215,13 @@ pub trait TaskHandler: Send + Sync + 'static {
         params.clone()
     }
 
+    /// Whether [`TaskHandler::resume`] also finishes a run that had no process of its own at the crash (a
+    /// pipeline between two steps), instead of the run starting again. Default `false`. Only consulted when
+    /// [`TaskHandler::resumes`] is true.
+    fn resumes_without_processes(&self) -> bool {
+        false
+    }
+
     /// Called for each run about to be resumed, at once and before any other run of the recovery starts,
     /// so that the handler can take back what the interrupted run held (an exec command's concurrency slot)
     /// ahead of the runs that start again. What it returns is kept until the resumed run ends. Default:
@@ -225,7 +232,8 @@ pub trait TaskHandler: Send + Sync + 'static {
     }
 
     /// Finishes a run interrupted by a crash of the daemon whose processes survived: `processes` are the
-    /// ids of the live, re-attached process records labelled `task=<id>`. Waits for them and returns
+    /// ids of the re-attached process records labelled `task=<id>`, still running or ended since (while no
+    /// daemon ran). Waits for them and returns
     /// what the interrupted run would have returned. Called only when [`TaskHandler::resumes`] is true.
     fn resume(&self, params: Value, context: TaskContext, processes: Vec<String>) -> TaskFuture {
         let _ = (params, context, processes);
@@ -1090,16 +1098,26 @@ impl TaskEngine {
         }
         let filter = ProcessFilter {
             labels: BTreeMap::from([("task".to_owned(), record.id.clone())]),
-            states: vec![ProcessState::Running, ProcessState::Interrupting],
             ..ProcessFilter::default()
         };
+        // The interrupted run's processes: those still live, and those re-attached at this start that ended
+        // since (while no daemon ran): their real exit status is known, so the run finishes with it rather
+        // than running them again.
         let live: Vec<String> = processes
             .list(&filter)
             .unwrap_or_default()
             .into_iter()
+            .filter(|r| {
+                matches!(r.state, ProcessState::Running | ProcessState::Interrupting) || processes.was_reattached(&r.id)
+            })
             .map(|r| r.id)
             .collect();
-        if live.is_empty() || !live.iter().all(|id| processes.is_reattached(id)) {
+        let resumable = if live.is_empty() {
+            entry.handler.resumes_without_processes()
+        } else {
+            live.iter().all(|id| processes.was_reattached(id))
+        };
+        if !resumable {
             return false;
         }
         let until = now_ms() + self.inner.lease.as_millis() as i64;

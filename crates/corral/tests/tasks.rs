@@ -240,19 +240,10 @@ async fn pipeline_task_across_kill_9(config: Option<&str>, expected_log: &str) {
         )]},
         {"name": "c", "after": ["b"], "command": ["sh", "-c", format!("echo c >> {log_path}")]},
     ]);
-    let (status, body) = daemon
-        .post(
-            "/tasks",
-            json!({"id": id, "type": "pipeline", "params": {"steps": steps}}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    submit_pipeline(&daemon, &id, steps).await;
     // Its process recorded as running (a crash between its spawn and its record would run it again).
     wait_until("step b runs", || async {
-        let (_, list) = daemon
-            .get(&format!("/processes?label=task%3D{id}&label=step%3Db&state=running"))
-            .await;
-        list.as_array().is_some_and(|l| !l.is_empty())
+        step_is(&daemon, &id, "b", "running").await
             && std::fs::read_to_string(&log).unwrap_or_default() == "a\nb-start\n"
     })
     .await;
@@ -389,4 +380,127 @@ async fn a_full_store_gives_a_clear_5xx_and_health_503() {
     let (status, health) = daemon.get("/health").await;
     assert_eq!(status, 503, "{health}");
     assert_eq!(health["status"], "unhealthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_process_ended_while_no_daemon_ran_finishes_with_it_and_never_runs_again() {
+    let mut daemon = Daemon::start().await;
+    let log = daemon.dir.0.join("runs.log");
+    let gate = daemon.dir.0.join("gate");
+    let id = uuid(8);
+    let script = format!(
+        "echo start >> {log}; while [ ! -e {gate} ]; do sleep 0.05; done; echo end >> {log}; exit 3",
+        log = log.display(),
+        gate = gate.display()
+    );
+    let body = json!({"id": id, "type": "process", "params": {"command": ["sh", "-c", script]}});
+    assert_eq!(daemon.post("/tasks", body).await.0, 201);
+    wait_task_process_running(&daemon, &id).await;
+    daemon.kill9();
+    // It ends while no daemon runs; the keeper keeps its exit status.
+    std::fs::write(&gate, b"").expect("UNWRAP: gate");
+    wait_until("it ended", || async {
+        std::fs::read_to_string(&log).unwrap_or_default() == "start\nend\n"
+    })
+    .await;
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (_, task) = daemon.get(&format!("/tasks/{id}?wait=60s")).await;
+    assert_eq!(task["status"], "failed", "its real end: {task}");
+    assert_eq!(task["result"]["exit_code"], 3, "{task}");
+    assert_eq!(task["attempt"], 1, "not run again: {task}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "start\nend\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_task_keeps_its_timeout_across_kill_9() {
+    let mut daemon = Daemon::start().await;
+    let id = uuid(9);
+    let body =
+        json!({"id": id, "type": "process", "params": {"command": ["sleep", "300"], "timeout": "2s", "grace": "1s"}});
+    assert_eq!(daemon.post("/tasks", body).await.0, 201);
+    wait_task_process_running(&daemon, &id).await;
+    daemon.kill9();
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let (_, task) = daemon.get(&format!("/tasks/{id}?wait=60s")).await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert!(task["error"].as_str().unwrap_or("").contains("timed out"), "{task}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_resumed_after_kill_9_keeps_the_end_of_a_step_that_failed_before() {
+    let mut daemon = Daemon::start().await;
+    let log = daemon.dir.0.join("steps.log");
+    let gate = daemon.dir.0.join("gate");
+    let fixed = daemon.dir.0.join("fixed");
+    let (log_path, gate_path, fixed_path) = (
+        log.display().to_string(),
+        gate.display().to_string(),
+        fixed.display().to_string(),
+    );
+    let id = uuid(10);
+    // x fails (it would pass once `fixed` exists); y runs beside it; z needs x.
+    let steps = json!([
+        {"name": "x", "command": ["sh", "-c", format!("echo x >> {log_path}; test -e {fixed_path}")]},
+        {"name": "y", "command": ["sh", "-c", format!(
+            "echo y >> {log_path}; while [ ! -e {gate_path} ]; do sleep 0.05; done"
+        )]},
+        {"name": "z", "after": ["x"], "command": ["sh", "-c", format!("echo z >> {log_path}")]},
+    ]);
+    submit_pipeline(&daemon, &id, steps).await;
+    wait_until("x failed and y runs", || async {
+        step_is(&daemon, &id, "x", "failed").await && step_is(&daemon, &id, "y", "running").await
+    })
+    .await;
+    daemon.kill9();
+    std::fs::write(&fixed, b"").expect("UNWRAP: fixed");
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    std::fs::write(&gate, b"").expect("UNWRAP: gate");
+    let (_, task) = daemon.get(&format!("/tasks/{id}?wait=60s")).await;
+    assert_eq!(task["status"], "failed", "x's failure stands: {task}");
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["x", "y"], "nothing ran twice, z never ran");
+    let statuses: Vec<&str> = task["result"]["steps"]
+        .as_array()
+        .map(|steps| steps.iter().filter_map(|s| s["status"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(statuses, ["failed", "passed", "skipped"], "{task}");
+}
+
+/// Submits a `pipeline` task with these steps (201 expected).
+async fn submit_pipeline(daemon: &Daemon, id: &str, steps: Value) {
+    let (status, body) = daemon
+        .post(
+            "/tasks",
+            json!({"id": id, "type": "pipeline", "params": {"steps": steps}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// True when pipeline task `id` has a process record of `step` in `state`.
+async fn step_is(daemon: &Daemon, id: &str, step: &str, state: &str) -> bool {
+    let (_, list) = daemon
+        .get(&format!(
+            "/processes?label=task%3D{id}&label=step%3D{step}&state={state}"
+        ))
+        .await;
+    list.as_array().is_some_and(|l| !l.is_empty())
+}
+
+/// Waits until task `id`'s process is recorded running (a crash between its spawn and its record would run
+/// it again, by design).
+async fn wait_task_process_running(daemon: &Daemon, id: &str) {
+    wait_until("its process is recorded running", || async {
+        let (_, list) = daemon.get(&format!("/processes?label=task%3D{id}&state=running")).await;
+        list.as_array().is_some_and(|l| !l.is_empty())
+    })
+    .await;
 }

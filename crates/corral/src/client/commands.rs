@@ -163,8 +163,9 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
     };
     if json {
         print_json(&record)?;
-    } else if record.error.as_deref() == Some("timed out") {
-        errln!("corral: the process timed out and was stopped");
+    } else if let (None, Some(error)) = (record.exit_code, &record.error) {
+        // It did not exit by itself (timed out, killed, stopped, lost with a daemon without keeper): say how.
+        errln!("corral: process {} {}: {error}", record.id, record.state);
     }
     Ok(exit_code_of(&record))
 }
