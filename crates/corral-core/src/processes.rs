@@ -100,20 +100,29 @@ enum Handle {
     Recovered {
         identity: ProcessIdentity,
         pgid: u32,
+        /// The grace it was started with (from its record), else [`DEFAULT_GRACE`].
+        grace: Duration,
         tracker: Arc<Tracker>,
     },
 }
 
 impl Handle {
     /// Starts a graceful stop of the whole group: `TERM`, then `KILL` after `grace`, or when `None` after
-    /// the grace the process was started with (a recovered one, whose start options are not kept,
-    /// [`DEFAULT_GRACE`]).
+    /// the grace the process was started with.
     fn start_stop(&self, grace: Option<Duration>) {
         match (self, grace) {
             (Handle::Live { process, .. }, Some(grace)) => process.start_shutdown(grace),
             (Handle::Live { process, .. }, None) => process.start_stop(),
-            (Handle::Recovered { identity, pgid, .. }, grace) => {
-                let (identity, pgid, grace) = (identity.clone(), *pgid, grace.unwrap_or(DEFAULT_GRACE));
+            (
+                Handle::Recovered {
+                    identity,
+                    pgid,
+                    grace: own,
+                    ..
+                },
+                grace,
+            ) => {
+                let (identity, pgid, grace) = (identity.clone(), *pgid, grace.unwrap_or(*own));
                 tokio::spawn(async move { stop_recovered(&identity, pgid, grace).await });
             }
         }
@@ -375,6 +384,8 @@ impl ProcessManager {
             created_at: now_ms(),
             started_at: None,
             ended_at: None,
+            timeout_ms: request.timeout.map(|t| t.as_millis() as u64),
+            grace_ms: request.grace.map(|g| g.as_millis() as u64),
         };
         // A caller-chosen id must be new: refused before anything runs.
         if request.id.is_some() && self.inner.store.get_process(&id)?.is_some() {
@@ -859,7 +870,12 @@ impl ProcessManager {
             record.command.clone()
         };
         let tracker = Arc::new(Tracker::default());
-        let mut command = Command::new(&argv).id(record.id.as_str()).grace(DEFAULT_GRACE);
+        // Its own grace and timeout, as started (the timeout counts from its start, not from now).
+        let grace = record.grace_ms.map_or(DEFAULT_GRACE, Duration::from_millis);
+        let mut command = Command::new(&argv).id(record.id.as_str()).grace(grace);
+        if let Some(timeout) = record.timeout_ms {
+            command = command.timeout(Duration::from_millis(timeout));
+        }
         // A process whose output was mirrored (`durable_output`) gets it back, and goes on mirroring. One that
         // wrote nothing has no mirror file yet: exec jobs and process tasks (sources `exec`, `task`) mirror.
         if let Some(dir) = self.inner.mirror_dir.get() {
@@ -877,7 +893,7 @@ impl ProcessManager {
             .map_err(|err| ProcessesError::Os(err.to_string()))?;
         if record.state == ProcessState::Interrupting {
             // The earlier daemon was stopping it when it died: finish the job.
-            process.start_shutdown(DEFAULT_GRACE);
+            process.start_shutdown(grace);
         }
         self.handles().insert(
             record.id.clone(),
@@ -901,11 +917,13 @@ impl ProcessManager {
         let tracker = Arc::new(Tracker::default());
         tracker.started();
         let pgid = record.pgid.unwrap_or(identity.pid);
+        let grace = record.grace_ms.map_or(DEFAULT_GRACE, Duration::from_millis);
         self.handles().insert(
             record.id.clone(),
             Handle::Recovered {
                 identity: identity.clone(),
                 pgid,
+                grace,
                 tracker: tracker.clone(),
             },
         );
@@ -914,7 +932,7 @@ impl ProcessManager {
         tokio::spawn(async move {
             if interrupting {
                 // The earlier daemon was stopping it when it died: finish the job.
-                stop_recovered(&identity, pgid, DEFAULT_GRACE).await;
+                stop_recovered(&identity, pgid, grace).await;
             }
             if let Ok(pidfd) = identity.open_pidfd() {
                 pidfd.exited().await;
@@ -963,7 +981,7 @@ impl ProcessManager {
         for (_, handle) in &handles {
             let grace = match handle {
                 Handle::Live { process, .. } => process.grace().min(max_grace),
-                Handle::Recovered { .. } => max_grace,
+                Handle::Recovered { grace, .. } => (*grace).min(max_grace),
             };
             handle.start_stop(Some(grace));
         }

@@ -145,6 +145,11 @@ pub struct ProcessRecord {
     pub started_at: Option<i64>,
     /// When the record reached its terminal state, unix milliseconds.
     pub ended_at: Option<i64>,
+    /// The wall-clock limit it was started with, in milliseconds, if any: a daemon that re-attaches it after
+    /// a restart still enforces it, counted from `started_at`.
+    pub timeout_ms: Option<u64>,
+    /// The grace between `TERM` and `KILL` it was started with, in milliseconds, if not the default.
+    pub grace_ms: Option<u64>,
 }
 
 impl ProcessRecord {
@@ -167,6 +172,8 @@ impl ProcessRecord {
             created_at,
             started_at: None,
             ended_at: None,
+            timeout_ms: None,
+            grace_ms: None,
         }
     }
 }

@@ -154,7 +154,7 @@ impl Drop for Checkpointer {
 
 /// The columns of `process` (as `p`) that make a [`ProcessRecord`], in the order [`decode_process`] reads them.
 const PROCESS_COLUMNS: &str = "p.id, p.source, p.labels, p.pid, p.pgid, p.start_ticks, p.boot_id, p.command, p.dir, \
-     p.state, p.exit_code, p.signal, p.error, p.created_at, p.started_at, p.ended_at";
+     p.state, p.exit_code, p.signal, p.error, p.created_at, p.started_at, p.ended_at, p.timeout_ms, p.grace_ms";
 
 impl SqliteStore {
     /// The schema version this build reads and writes (`PRAGMA user_version` of a migrated database).
@@ -326,8 +326,8 @@ impl Store for SqliteStore {
             .map_err(sql(OP))?;
         tx.prepare_cached(
             "INSERT INTO process (id, source, labels, pid, pgid, start_ticks, boot_id, command, dir, state, \
-             exit_code, signal, error, created_at, started_at, ended_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             exit_code, signal, error, created_at, started_at, ended_at, timeout_ms, grace_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         )
         .and_then(|mut stmt| {
             stmt.execute(params![
@@ -347,6 +347,8 @@ impl Store for SqliteStore {
                 record.created_at,
                 record.started_at,
                 record.ended_at,
+                ms_to_sql("timeout_ms", record.timeout_ms)?,
+                ms_to_sql("grace_ms", record.grace_ms)?,
             ])
         })
         .map_err(|err| {
@@ -818,7 +820,22 @@ fn decode_process(row: &Row<'_>) -> Result<ProcessRecord, StoreError> {
         created_at: get(row, 13, "created_at")?,
         started_at: get(row, 14, "started_at")?,
         ended_at: get(row, 15, "ended_at")?,
+        timeout_ms: ms_from_sql(get(row, 16, "timeout_ms")?, "timeout_ms")?,
+        grace_ms: ms_from_sql(get(row, 17, "grace_ms")?, "grace_ms")?,
     })
+}
+
+/// Milliseconds as SQLite's signed 64-bit integer.
+fn ms_to_sql(field: &'static str, ms: Option<u64>) -> rusqlite::Result<Option<i64>> {
+    ms.map(i64::try_from)
+        .transpose()
+        .map_err(|err| rusqlite::Error::ToSqlConversionFailure(format!("{field}: {err}").into()))
+}
+
+fn ms_from_sql(ms: Option<i64>, column: &'static str) -> Result<Option<u64>, StoreError> {
+    ms.map(u64::try_from)
+        .transpose()
+        .map_err(|err| decode_error(column, err))
 }
 
 /// SQLite integers are signed 64-bit.

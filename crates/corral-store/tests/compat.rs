@@ -14,8 +14,8 @@ use serde_json::json;
 
 use crate::util::{raw, record, TempDir};
 
-/// The record every artefact holds.
-fn artefact_record() -> ProcessRecord {
+/// The record every artefact holds, as a store of schema `version` wrote it (timeout and grace from 4 on).
+fn artefact_record(version: i64) -> ProcessRecord {
     ProcessRecord {
         id: "5d1f1a52-8f6b-4d39-9d3c-0b1f2c3d4e5f".to_owned(),
         source: "exec".to_owned(),
@@ -36,6 +36,8 @@ fn artefact_record() -> ProcessRecord {
         created_at: 1_767_225_600_000,
         started_at: Some(1_767_225_600_050),
         ended_at: Some(1_767_225_660_000),
+        timeout_ms: (version >= 4).then_some(600_000),
+        grace_ms: (version >= 4).then_some(5_000),
     }
 }
 
@@ -158,7 +160,9 @@ fn data_dir() -> PathBuf {
 fn build_artefact(dir: &TempDir) {
     {
         let store = dir.open();
-        store.insert_process(&artefact_record()).expect("UNWRAP: insert");
+        store
+            .insert_process(&artefact_record(SqliteStore::SCHEMA_VERSION))
+            .expect("UNWRAP: insert");
         write_artefact_tasks(&store);
         store
             .set_meta("boot_id", "2b7c4a3e-6f1d-4e8a-9b0c-1d2e3f4a5b6c")
@@ -236,7 +240,7 @@ fn check_artefact(version: i64, artefact: &Path) {
     assert_eq!(found, version, "{} has the version its name says", artefact.display());
 
     let store = dir.open();
-    let expected = artefact_record();
+    let expected = artefact_record(version);
     assert_eq!(
         store.get_process(&expected.id).expect("UNWRAP: get"),
         Some(expected.clone()),

@@ -28,6 +28,8 @@ fn full_record() -> ProcessRecord {
         created_at: -5,
         started_at: Some(i64::MAX),
         ended_at: Some(i64::MIN),
+        timeout_ms: Some(i64::MAX as u64),
+        grace_ms: Some(0),
     }
 }
 

@@ -538,3 +538,42 @@ fn corral_run(daemon: &Daemon, args: &[&str]) -> std::process::Child {
         .spawn()
         .expect("UNWRAP: spawn corral run")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_keeps_its_timeout_and_grace_across_kill_9() {
+    let mut daemon = Daemon::start().await;
+    let (status, timed) = daemon
+        .post(
+            "/processes",
+            json!({"command": ["sleep", "300"], "timeout": "2s", "grace": "1s"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{timed}");
+    // Ignores TERM: a stop after the restart takes its own grace (1 s), not the default 10 s.
+    let (status, stubborn) = daemon
+        .post(
+            "/processes",
+            json!({"command": ["sh", "-c", "trap '' TERM; sleep 300"], "grace": "1s"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{stubborn}");
+    daemon.kill9();
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let timed_id = timed["id"].as_str().expect("UNWRAP: id").to_owned();
+    wait_until("the timeout fires after the restart", || async {
+        daemon.get(&format!("/processes/{timed_id}")).await.1["state"] == "failed"
+    })
+    .await;
+    let (_, record) = daemon.get(&format!("/processes/{timed_id}")).await;
+    assert_eq!(record["error"], "timed out", "{record}");
+    let stubborn_id = stubborn["id"].as_str().expect("UNWRAP: id");
+    let asked = Instant::now();
+    let (status, stopped) = daemon.post(&format!("/processes/{stubborn_id}/stop"), json!({})).await;
+    assert_eq!(status, 200, "{stopped}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "stopped with its own 1 s grace, not the default 10 s: {:?}",
+        asked.elapsed()
+    );
+}

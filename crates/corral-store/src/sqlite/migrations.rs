@@ -130,8 +130,15 @@ DROP INDEX task_lease;
 CREATE INDEX task_lease ON task (lease_expires_at) WHERE status = 'running';
 ";
 
+/// Version 4: a process's timeout and grace, so that a daemon re-attaching it after a crash enforces the
+/// one and stops it with the other (both durations in milliseconds, NULL when not given).
+const V4: &str = "
+ALTER TABLE process ADD COLUMN timeout_ms INTEGER;
+ALTER TABLE process ADD COLUMN grace_ms INTEGER;
+";
+
 /// Every migration, in order. The schema version of a fully migrated database is `MIGRATIONS.len()`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes and reads.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
