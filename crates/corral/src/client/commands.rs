@@ -289,13 +289,8 @@ fn stop_on_signal(client: &Client, id: &str, grace: &Option<String>, stopping: &
 }
 
 fn stop_in_background(client: &Client, id: &str, grace: Option<String>) {
-    let client = client.clone();
-    let path = format!("/processes/{}/stop", enc(id));
-    tokio::spawn(async move {
-        let _ = client
-            .call::<ProcessJson>(Method::POST, &path, Some(&StopRequest { grace }))
-            .await;
-    });
+    let (client, id) = (client.clone(), id.to_owned());
+    tokio::spawn(async move { stop_now(&client, &id, &grace).await });
 }
 
 /// The shell-style exit code for a finished record: its code, 128+signal, or 1.
