@@ -287,7 +287,11 @@ impl PipelineRuns {
         let (runs, id) = (self.clone(), id.to_owned());
         tokio::spawn(async move {
             tokio::time::sleep(FINISHED_RUN_KEPT).await;
-            runs.lock().remove(&id);
+            let mut listed = runs.lock();
+            // Not a later run of the same task (submitted again after it failed).
+            if listed.get(&id).is_some_and(|listed| listed.is_same_run(&run)) {
+                listed.remove(&id);
+            }
         });
         result
     }

@@ -689,3 +689,15 @@ async fn results_serialize_as_snake_case_json() {
     let event = serde_json::to_value(&events[0]).expect("UNWRAP: serializable");
     assert_eq!(event, serde_json::json!({"event": "step_started", "name": "a"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_handle_knows_its_own_run() {
+    let runner = Runner::new(DirectLauncher::new());
+    let steps = || vec![StepSpec::new("a", ["true"])];
+    let first = runner.start(pipeline(Mode::Dag, None, steps()));
+    let second = runner.start(pipeline(Mode::Dag, None, steps()));
+    assert!(first.is_same_run(&first.clone()));
+    assert!(!first.is_same_run(&second));
+    first.wait().await;
+    second.wait().await;
+}

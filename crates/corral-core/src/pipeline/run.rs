@@ -384,6 +384,11 @@ impl PipelineRun {
     pub fn cancel_token(&self) -> &CancelToken {
         &self.shared.cancel
     }
+
+    /// True when both handles are of the same run (clones of one [`Runner::start`]'s handle).
+    pub fn is_same_run(&self, other: &PipelineRun) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
 }
 
 /// The task that schedules one run. It alone changes the run's state.
