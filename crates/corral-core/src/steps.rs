@@ -216,14 +216,26 @@ fn step_run_of(record: &ProcessRecord, step: &StepSpec) -> StepRun {
 
 /// The last `max` bytes of each captured stream, stdout then stderr, lossily decoded.
 pub fn output_tail(process: &corral_proc::Process, max: usize) -> String {
-    let mut text = String::new();
-    for stream in [Stream::Stdout, Stream::Stderr] {
-        if let Some(out) = process.output(stream) {
-            let start = out.bytes.len().saturating_sub(max);
-            text.push_str(&String::from_utf8_lossy(&out.bytes[start..]));
-        }
+    let tails = [Stream::Stdout, Stream::Stderr].map(|stream| {
+        process
+            .output(stream)
+            .map(|out| {
+                let start = out.bytes.len().saturating_sub(max);
+                String::from_utf8_lossy(&out.bytes[start..]).into_owned()
+            })
+            .unwrap_or_default()
+    });
+    join_tails(tails)
+}
+
+/// stdout's tail, then stderr's. After a restart both streams start with the line saying that earlier
+/// output is not kept: once is enough.
+fn join_tails([stdout, stderr]: [String; 2]) -> String {
+    let marker = corral_proc::LOST_BEFORE_ADOPTION;
+    match stderr.strip_prefix(marker) {
+        Some(rest) if stdout.starts_with(marker) => stdout + rest,
+        _ => stdout + &stderr,
     }
-    text
 }
 
 #[cfg(test)]
@@ -241,6 +253,18 @@ mod tests {
             ended_at: Some(3_500),
             ..ProcessRecord::new("p", "pipeline", vec!["x".into()], 900)
         }
+    }
+
+    #[test]
+    fn the_not_kept_line_shows_once_in_a_tail() {
+        let marker = corral_proc::LOST_BEFORE_ADOPTION;
+        let both = join_tails([format!("{marker}out\n"), format!("{marker}err\n")]);
+        assert_eq!(both, format!("{marker}out\nerr\n"));
+        assert_eq!(join_tails(["out\n".into(), "err\n".into()]), "out\nerr\n");
+        assert_eq!(
+            join_tails(["out\n".into(), format!("{marker}err\n")]),
+            format!("out\n{marker}err\n")
+        );
     }
 
     #[test]
