@@ -139,6 +139,8 @@ fn process_task_result(
     });
     match (end.state.as_str(), end.exit_code) {
         ("completed", _) => Ok(result),
+        // A process that exits on the timeout's TERM still timed out: the why, not the code it exited with.
+        _ if end.error.as_deref() == Some("timed out") => Err(TaskError::new("timed out").with_result(result)),
         (_, Some(code)) => Err(TaskError::new(format!("exited with code {code}")).with_result(result)),
         _ => Err(
             TaskError::new(end.error.unwrap_or_else(|| format!("ended {}", end.state.as_str()))).with_result(result),

@@ -1069,6 +1069,17 @@ impl TaskEngine {
                 continue;
             }
             report.stopped_processes += self.stop_leftovers(&record.id).await;
+            // A type that resumes without processes (a pipeline) goes on from where it was once the leftovers
+            // are stopped: what ended before the crash keeps its end; the stopped work runs again.
+            let resumes_anyway = self
+                .inner
+                .types
+                .get(&record.task_type)
+                .is_some_and(|t| t.handler.resumes() && t.handler.resumes_without_processes());
+            if resumes_anyway && self.resume(&record) {
+                report.resumed += 1;
+                continue;
+            }
             if idempotent {
                 if self.inner.store.requeue_task(&record.id, &self.inner.node, now_ms())? {
                     report.rerun += 1;

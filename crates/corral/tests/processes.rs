@@ -502,7 +502,8 @@ async fn corral_run_stdin_says_what_a_daemon_crash_cut_off() {
     std::io::Write::write_all(&mut input, b"two\n").expect("UNWRAP: write");
     drop(input);
     wait_until("the CLI says what was cut off", || async {
-        cli.stderr().contains("stdin was closed after 4 bytes")
+        cli.stderr()
+            .contains("4 bytes of input are known to have reached the process")
     })
     .await;
     daemon.spawn(&[]);

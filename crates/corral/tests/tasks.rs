@@ -430,7 +430,19 @@ async fn a_process_task_keeps_its_timeout_across_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_resumed_after_kill_9_keeps_the_end_of_a_step_that_failed_before() {
-    let mut daemon = Daemon::start().await;
+    failed_step_across_kill_9(None, &["x", "y"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_keeper_a_resumed_pipeline_also_keeps_a_failed_step() {
+    // y, running at the crash, was the daemon's own child: stopped at the restart and run again; x is kept.
+    failed_step_across_kill_9(Some("[processes]\nkeeper = false\n"), &["x", "y", "y"]).await;
+}
+
+/// x fails, y runs beside it, z needs x; kill -9 while y runs: after the restart x is not run again (its
+/// failure stands, z stays skipped). `runs`: what ran, sorted.
+async fn failed_step_across_kill_9(config: Option<&str>, runs: &[&str]) {
+    let mut daemon = Daemon::start_with_config(config, &[]).await;
     let log = daemon.dir.0.join("steps.log");
     let gate = daemon.dir.0.join("gate");
     let fixed = daemon.dir.0.join("fixed");
@@ -440,7 +452,7 @@ async fn a_pipeline_resumed_after_kill_9_keeps_the_end_of_a_step_that_failed_bef
         fixed.display().to_string(),
     );
     let id = uuid(10);
-    // x fails (it would pass once `fixed` exists); y runs beside it; z needs x.
+    // x would pass once `fixed` exists: running it again would show.
     let steps = json!([
         {"name": "x", "command": ["sh", "-c", format!("echo x >> {log_path}; test -e {fixed_path}")]},
         {"name": "y", "command": ["sh", "-c", format!(
@@ -466,7 +478,7 @@ async fn a_pipeline_resumed_after_kill_9_keeps_the_end_of_a_step_that_failed_bef
         .map(str::to_owned)
         .collect();
     lines.sort();
-    assert_eq!(lines, ["x", "y"], "nothing ran twice, z never ran");
+    assert_eq!(lines, runs, "x ran once, z never ran");
     let statuses: Vec<&str> = task["result"]["steps"]
         .as_array()
         .map(|steps| steps.iter().filter_map(|s| s["status"].as_str()).collect())
@@ -503,4 +515,17 @@ async fn wait_task_process_running(daemon: &Daemon, id: &str) {
         list.as_array().is_some_and(|l| !l.is_empty())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_exits_on_its_timeouts_term_failed_for_the_timeout() {
+    let daemon = Daemon::start().await;
+    let id = uuid(11);
+    let body = json!({"id": id, "type": "process", "params": {
+        "command": ["sh", "-c", "trap 'exit 143' TERM; sleep 300 & wait"], "timeout": "1s"
+    }});
+    assert_eq!(daemon.post("/tasks", body).await.0, 201);
+    let (_, task) = daemon.get(&format!("/tasks/{id}?wait=60s")).await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["error"], "timed out", "why, not the code it exited with: {task}");
 }

@@ -264,7 +264,7 @@ fn forward_stdin(client: &Client, id: &str) {
                 // went away, and a process's stdin pipe goes with it (the process reads its end).
                 if err.downcast_ref::<crate::client::transport::ApiError>().is_none() {
                     errln!(
-                        "corral: lost the daemon; the process's stdin was closed after {delivered} bytes, the rest of this input was not delivered"
+                        "corral: lost the daemon, and the process's stdin with it: {delivered} bytes of input are known to have reached the process, what came after may not have"
                     );
                 }
                 return;
