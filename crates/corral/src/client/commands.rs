@@ -89,9 +89,17 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
         forward_stdin(client, &started.id);
     }
     let follow_path = format!("/processes/{}/output?follow=true", enc(&started.id));
+    // After a crash of the daemon, the next one's output of the process starts with a line saying that the
+    // earlier output is not kept: this command printed it already.
+    let mut after_crash = false;
     let mut events = match client.events(&follow_path).await {
         Ok(events) => events,
-        // Nobody would see it or stop it (a token that may start but not read, say): undo the start.
+        // No answer: the daemon crashed right after the start. Follow the process once a daemon runs.
+        Err(err) if err.downcast_ref::<crate::client::transport::ApiError>().is_none() => {
+            after_crash = true;
+            follow_again(client, &started.id, &follow_path, &mut interrupt, err).await?
+        }
+        // Refused (a token that may start but not read, say): nobody would see it or stop it, so undo the start.
         Err(err) => {
             stop_now(client, &started.id, &args.grace).await;
             return Err(err.context(format!("cannot follow process {}, so it was stopped", started.id)));
@@ -99,9 +107,6 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
     };
     let mut stopping = false;
     let mut last: Option<ProcessJson> = None;
-    // After a crash of the daemon, the next one's output of the process starts with a line saying that the
-    // earlier output is not kept: this command printed it already.
-    let mut after_crash = false;
     loop {
         tokio::select! {
             event = events.next() => {
@@ -112,10 +117,7 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
                     // The connection broke: the daemon crashed. The process goes on (the keeper holds it);
                     // follow it again once a daemon runs.
                     Err(err) => {
-                        events = tokio::select! {
-                            again = follow_again(client, &started.id, &follow_path) => again.map_err(|e| lost_daemon(&started.id, e))?,
-                            _ = interrupt.recv() => return Err(lost_daemon(&started.id, err)),
-                        };
+                        events = follow_again(client, &started.id, &follow_path, &mut interrupt, err).await?;
                         after_crash = true;
                         continue;
                     }
@@ -198,21 +200,29 @@ fn lagged(data: &str) {
     errln!("corral: {missed} batches of output were dropped here: they came faster than this command read them (`corral logs` has what the daemon kept)");
 }
 
-/// Waits for a daemon to answer again about process `id` (after one crashed under `corral run`), then follows
-/// its output again.
+/// After the daemon crashed under `corral run` (`lost`: how that showed): waits for a daemon to answer again
+/// about process `id`, then follows its output again. A Ctrl-C meanwhile leaves, saying where the process is.
 async fn follow_again(
     client: &Client,
     id: &str,
     follow_path: &str,
+    interrupt: &mut tokio::signal::unix::Signal,
+    lost: anyhow::Error,
 ) -> anyhow::Result<crate::client::transport::SseReader> {
-    let _: ProcessJson = client
-        .get_through_restarts(
-            &format!("/processes/{}", enc(id)),
-            &format!("process {id}"),
-            &format!("corral logs -f {id}"),
-        )
-        .await?;
-    client.events(follow_path).await
+    let again = async {
+        let _: ProcessJson = client
+            .get_through_restarts(
+                &format!("/processes/{}", enc(id)),
+                &format!("process {id}"),
+                &format!("corral logs -f {id}"),
+            )
+            .await?;
+        client.events(follow_path).await
+    };
+    tokio::select! {
+        again = again => again.map_err(|err| lost_daemon(id, err)),
+        _ = interrupt.recv() => Err(lost_daemon(id, lost)),
+    }
 }
 
 /// `corral run` lost its daemon while following: say what became of the process and how to find it again.
