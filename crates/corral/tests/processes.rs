@@ -74,6 +74,28 @@ async fn corral_run_stdin_forwards_every_byte_only_when_asked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_run_json_prints_each_output_line_then_the_record() {
+    let daemon = Daemon::start().await;
+    let output = daemon.cli(&["--json", "run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(output.status.code(), Some(3));
+    let values: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&output.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("UNWRAP: a stream of JSON values");
+    let lines: Vec<(&str, &str)> = values
+        .iter()
+        .filter(|v| v.get("line").is_some())
+        .filter_map(|v| Some((v["stream"].as_str()?, v["line"].as_str()?)))
+        .collect();
+    assert!(
+        lines.contains(&("stdout", "out")) && lines.contains(&("stderr", "err")),
+        "{values:?}"
+    );
+    let record = values.last().expect("UNWRAP: the record comes last");
+    assert_eq!(record["exit_code"], 3, "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corral_run_passes_output_on_byte_for_byte() {
     let daemon = Daemon::start().await;
     // No newline added at the end, bytes that are not UTF-8 as they are.

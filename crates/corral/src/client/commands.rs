@@ -123,7 +123,9 @@ pub(crate) async fn run(client: &Client, args: RunArgs, json: bool) -> anyhow::R
                     }
                 };
                 match event.event.as_str() {
-                    "output" if !json => {
+                    // One JSON object per line of output ({stream, line, end, bytes?}), as `logs -f --json`.
+                    "output" if json => outln!("{}", event.data),
+                    "output" => {
                         let line: OutputLine = serde_json::from_str(&event.data)?;
                         if after_crash && line.line == corral_proc::LOST_BEFORE_ADOPTION.trim_end() {
                             continue;
