@@ -874,10 +874,7 @@ async fn corral_exec_wait_reports_the_job_across_a_daemon_crash() {
             .is_some_and(|o| o.to_string().contains("before"))
     })
     .await;
-    daemon.kill9();
-    wait_until("the CLI notices", || async { cli.stderr().contains("lost the daemon") }).await;
-    daemon.spawn(&[]);
-    daemon.wait_ready().await;
+    daemon.crash_under(&cli).await;
     std::fs::write(&gate, b"").expect("UNWRAP: gate");
     let (status, stdout, stderr) = cli.finish().await;
     assert_eq!(status.code(), Some(3), "the job's exit code: {stderr}");

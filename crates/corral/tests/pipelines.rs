@@ -204,10 +204,7 @@ async fn pipeline_run_waits_for_the_daemon_to_come_back_and_reports_the_end() {
         list.as_array().is_some_and(|l| !l.is_empty())
     })
     .await;
-    daemon.kill9();
-    wait_until("the CLI notices", || async { cli.stderr().contains("lost the daemon") }).await;
-    daemon.spawn(&[]);
-    daemon.wait_ready().await;
+    daemon.crash_under(&cli).await;
     std::fs::write(&gate, b"").expect("UNWRAP: temp dir");
     let (status, stdout, stderr) = cli.finish().await;
     assert_eq!(status.code(), Some(0), "{stderr}");

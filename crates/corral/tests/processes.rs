@@ -492,11 +492,8 @@ async fn corral_run_follows_its_process_across_a_daemon_crash() {
     })
     .await;
     let id = id.lock().expect("UNWRAP: lock").clone();
-    daemon.kill9();
-    wait_until("the CLI notices", || async { cli.stderr().contains("lost the daemon") }).await;
+    daemon.crash_under(&cli).await;
     assert!(cli.stderr().contains(&id), "{}", cli.stderr());
-    daemon.spawn(&[]);
-    daemon.wait_ready().await;
     std::fs::write(&gate, b"").expect("UNWRAP: gate");
     let (status, stdout, stderr) = cli.finish().await;
     assert_eq!(status.code(), Some(5), "the real exit code: {stderr}");

@@ -237,6 +237,15 @@ impl Daemon {
         command.stdin(Stdio::null()).output().expect("UNWRAP: run corral")
     }
 
+    /// `kill -9` of the daemon under a CLI command that waits on it: once the command says it lost the
+    /// daemon, a new one starts on the same state dir and is ready.
+    pub(crate) async fn crash_under(&mut self, cli: &Background) {
+        self.kill9();
+        wait_until("the CLI notices", || async { cli.stderr().contains("lost the daemon") }).await;
+        self.spawn(&[]);
+        self.wait_ready().await;
+    }
+
     pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
